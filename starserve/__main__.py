@@ -1,0 +1,3 @@
+from starserve.cli.main import main
+
+main()
