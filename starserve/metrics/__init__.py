@@ -1,0 +1,14 @@
+"""Serving metrics with vLLM `bench serve` definitions, SLO attainment and max rate at SLO."""
+
+from starserve.metrics.records import RequestRecord
+from starserve.metrics.slo import max_rate_at_slo, slo_attainment
+from starserve.metrics.summary import benchmark_duration_s, meets_slos, summarize
+
+__all__ = [
+    "RequestRecord",
+    "benchmark_duration_s",
+    "max_rate_at_slo",
+    "meets_slos",
+    "slo_attainment",
+    "summarize",
+]

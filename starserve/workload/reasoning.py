@@ -1,0 +1,157 @@
+"""Sampling and trace generation for ServeGen's DeepSeek-R1 reasoning workload.
+
+Two ways to use the data (see `servegen.py` for its format):
+
+- `sample_servegen_reasoning`: (input, output) lengths pooled over clients and windows,
+  unweighted: each request picks a (client, window) uniformly, then draws its input and output
+  lengths from that window's PMFs. Arrival times are 0 (apply an arrival process).
+- `servegen_reasoning_trace`: follows the trace: every client's 600-s windows contribute a
+  renewal process with that window's own distribution (Gamma or Weibull; its rate and CV), and
+  each arrival draws its lengths from the client's distributions in force at that time.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from starserve.errors import StarserveError
+from starserve.workload.arrivals import SeedLike, as_generator
+from starserve.workload.servegen import (
+    ARRIVAL_SAMPLERS,
+    WINDOW_S,
+    LengthWindow,
+    RateWindow,
+    load_servegen,
+)
+from starserve.workload.types import WorkloadRequest
+
+DAY_S = 86_400.0
+
+
+def sample_servegen_reasoning(
+    num_requests: int,
+    seed: SeedLike = 0,
+    *,
+    folder: Path | None = None,
+    name: str = "servegen_reasoning",
+) -> list[WorkloadRequest]:
+    """`num_requests` (input, output) length pairs pooled over clients and windows."""
+    if num_requests < 0:
+        raise StarserveError(f"number of requests must be >= 0, got {num_requests}")
+    windows = load_servegen(folder).length_windows
+    rng = as_generator(seed)
+    picks = rng.integers(0, len(windows), size=num_requests)
+    inputs = np.zeros(num_requests, dtype=np.int64)
+    outputs = np.zeros(num_requests, dtype=np.int64)
+    for window_index in np.unique(picks):
+        rows = np.flatnonzero(picks == window_index)
+        inputs[rows], outputs[rows] = _draw_lengths(windows[window_index], len(rows), rng)
+    return [
+        WorkloadRequest(f"{name}-{i}", 0.0, int(inputs[i]), int(outputs[i]))
+        for i in range(num_requests)
+    ]
+
+
+def _draw_lengths(
+    window: LengthWindow, count: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    source_in, source_out = window.input_tokens, window.output_tokens
+    return (
+        rng.choice(source_in.values, size=count, p=source_in.probs),
+        rng.choice(source_out.values, size=count, p=source_out.probs),
+    )
+
+
+def _renewal_times(window: RateWindow, rng: np.random.Generator) -> np.ndarray:
+    """Arrival times within [start, start + 600 s) from the window's inter-arrival law."""
+    sampler = ARRIVAL_SAMPLERS[window.distribution]
+    end_s = window.start_s + WINDOW_S
+    times: list[np.ndarray] = []
+    clock_s = window.start_s
+    batch = max(16, int(2 * window.rate_per_s * WINDOW_S) + 16)
+    while clock_s < end_s:
+        arrivals = clock_s + np.cumsum(sampler(rng, window.shape, window.scale_s, batch))
+        times.append(arrivals[arrivals < end_s])
+        clock_s = float(arrivals[-1])
+    return np.concatenate(times)
+
+
+def _active_length_window(
+    by_client: dict[int, list[LengthWindow]], client_id: int, time_s: float
+) -> LengthWindow | None:
+    active = None
+    for window in by_client.get(client_id, []):  # sorted by start
+        if window.start_s <= time_s:
+            active = window
+    return active
+
+
+def servegen_reasoning_trace(
+    *,
+    duration_s: float = WINDOW_S,
+    start_s: float = 0.0,
+    num_requests: int | None = None,
+    seed: SeedLike = 0,
+    folder: Path | None = None,
+    name: str = "servegen_reasoning_trace",
+) -> list[WorkloadRequest]:
+    """Requests that follow the trace's per-window rate and CV from `start_s` (time of day).
+
+    Covers `duration_s` seconds, or, if `num_requests` is given, as many whole windows as it
+    takes to reach that many requests (then truncated to exactly `num_requests`). Arrival
+    times are relative to `start_s`. Windows whose client has no length data yet are skipped.
+    """
+    if not (0 <= start_s < DAY_S and duration_s > 0):
+        raise StarserveError("ServeGen trace: need 0 <= start_s < 86400 and duration_s > 0")
+    data = load_servegen(folder)
+    rng = as_generator(seed)
+    by_client: dict[int, list[LengthWindow]] = defaultdict(list)
+    for window in data.length_windows:
+        by_client[window.client_id].append(window)
+    by_start: dict[float, list[RateWindow]] = defaultdict(list)
+    for rate_window in data.rate_windows:
+        by_start[rate_window.start_s].append(rate_window)
+    end_s = DAY_S if num_requests is not None else min(DAY_S, start_s + duration_s)
+    first_window_s = math.floor(start_s / WINDOW_S) * WINDOW_S
+    times: list[np.ndarray] = []
+    inputs: list[np.ndarray] = []
+    outputs: list[np.ndarray] = []
+    window_s = first_window_s
+    while window_s < end_s and (num_requests is None or sum(map(len, times)) < num_requests):
+        for rate_window in by_start.get(window_s, []):
+            lengths = _active_length_window(by_client, rate_window.client_id, window_s)
+            if lengths is None:
+                continue
+            arrivals = _renewal_times(rate_window, rng)
+            arrivals = arrivals[(arrivals >= start_s) & (arrivals < end_s)]
+            drawn_in, drawn_out = _draw_lengths(lengths, len(arrivals), rng)
+            times.append(arrivals)
+            inputs.append(drawn_in)
+            outputs.append(drawn_out)
+        window_s += WINDOW_S
+    return _assemble(name, start_s, times, inputs, outputs, num_requests)
+
+
+def _assemble(
+    name: str,
+    start_s: float,
+    times: list[np.ndarray],
+    inputs: list[np.ndarray],
+    outputs: list[np.ndarray],
+    num_requests: int | None,
+) -> list[WorkloadRequest]:
+    if not times:
+        return []
+    all_times = np.concatenate(times)
+    order = np.argsort(all_times, kind="stable")[:num_requests]
+    all_in, all_out = np.concatenate(inputs), np.concatenate(outputs)
+    return [
+        WorkloadRequest(
+            f"{name}-{k}", float(all_times[i] - start_s), int(all_in[i]), int(all_out[i])
+        )
+        for k, i in enumerate(order)
+    ]
