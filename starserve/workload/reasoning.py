@@ -5,9 +5,10 @@ Two ways to use the data (see `servegen.py` for its format):
 - `sample_servegen_reasoning`: (input, output) lengths pooled over clients and windows,
   unweighted: each request picks a (client, window) uniformly, then draws its input and output
   lengths from that window's PMFs. Arrival times are 0 (apply an arrival process).
-- `servegen_reasoning_trace`: follows the trace: every client's 600-s windows contribute a
-  renewal process with that window's own distribution (Gamma or Weibull; its rate and CV), and
-  each arrival draws its lengths from the client's distributions in force at that time.
+- `servegen_reasoning_trace`: follows the trace: every client's 600-s window contributes its
+  own number of requests (rate × 600 s) with gaps shaped by that window's fitted distribution
+  (Gamma or Weibull, hence its burstiness), and each arrival draws its lengths from the
+  client's distributions in force at that time.
 """
 
 from __future__ import annotations
@@ -66,18 +67,20 @@ def _draw_lengths(
     )
 
 
-def _renewal_times(window: RateWindow, rng: np.random.Generator) -> np.ndarray:
-    """Arrival times within [start, start + 600 s) from the window's inter-arrival law."""
+def _window_arrivals(window: RateWindow, rng: np.random.Generator) -> np.ndarray:
+    """The window's requests, at its rate, with its inter-arrival law's shape.
+
+    As ServeGen's `generate_workload` does: n = ceil(rate × 600 s) requests (the trace's own
+    count: its rates are counts ÷ 600), with gaps drawn from the fitted distribution and scaled
+    so they span the window. (ServeGen draws n gaps, scales them to sum to 600 s and drops the
+    arrival at the window end; we draw n + 1 so that all n land strictly inside the window.)
+    """
+    num_requests = math.ceil(window.rate_per_s * WINDOW_S - 1e-6)
+    if num_requests <= 0:
+        return np.zeros(0)
     sampler = ARRIVAL_SAMPLERS[window.distribution]
-    end_s = window.start_s + WINDOW_S
-    times: list[np.ndarray] = []
-    clock_s = window.start_s
-    batch = max(16, int(2 * window.rate_per_s * WINDOW_S) + 16)
-    while clock_s < end_s:
-        arrivals = clock_s + np.cumsum(sampler(rng, window.shape, window.scale_s, batch))
-        times.append(arrivals[arrivals < end_s])
-        clock_s = float(arrivals[-1])
-    return np.concatenate(times)
+    gaps_s = sampler(rng, window.shape, window.scale_s, num_requests + 1)
+    return window.start_s + WINDOW_S * np.cumsum(gaps_s)[:-1] / gaps_s.sum()
 
 
 def _active_length_window(
@@ -126,14 +129,20 @@ def servegen_reasoning_trace(
             lengths = _active_length_window(by_client, rate_window.client_id, window_s)
             if lengths is None:
                 continue
-            arrivals = _renewal_times(rate_window, rng)
+            arrivals = _window_arrivals(rate_window, rng)
             arrivals = arrivals[(arrivals >= start_s) & (arrivals < end_s)]
             drawn_in, drawn_out = _draw_lengths(lengths, len(arrivals), rng)
             times.append(arrivals)
             inputs.append(drawn_in)
             outputs.append(drawn_out)
         window_s += WINDOW_S
-    return _assemble(name, start_s, times, inputs, outputs, num_requests)
+    requests = _assemble(name, start_s, times, inputs, outputs, num_requests)
+    if num_requests is not None and len(requests) < num_requests:
+        raise StarserveError(
+            f"ServeGen trace: only {len(requests)} requests from {start_s:.0f} s to the end of "
+            f"its day, fewer than the {num_requests} asked for"
+        )
+    return requests
 
 
 def _assemble(
