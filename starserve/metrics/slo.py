@@ -43,12 +43,14 @@ def max_rate_at_slo(
     min_rate_per_s: float = 1e-3,
     max_rate_per_s: float = 1e4,
     rel_tol: float = 0.01,
+    on_evaluation: Callable[[float, float], None] | None = None,
 ) -> MaxRateSearch:
     """Highest rate (req/s) at which `slo_attainment >= target`, to relative tolerance `rel_tol`.
 
     `slo` uses vLLM's goodput keys in ms (`ttft`, `tpot`, `e2el`). Returns 0 if even
     `min_rate_per_s` misses the target, and `max_rate_per_s` (with `bracketed=False`) if even
-    that rate meets it.
+    that rate meets it. `on_evaluation(rate, attainment)` is called after each evaluation
+    (for progress reporting: each one may be a whole simulation or benchmark run).
     """
     if not (0 < target <= 1 and 0 < min_rate_per_s <= initial_rate_per_s <= max_rate_per_s):
         raise ValueError("need 0 < target <= 1 and min_rate <= initial_rate <= max_rate, all > 0")
@@ -57,6 +59,8 @@ def max_rate_at_slo(
     def meets(rate_per_s: float) -> bool:
         attainment = slo_attainment(latencies_at_rate(rate_per_s), slo)
         evaluations.append((rate_per_s, attainment))
+        if on_evaluation is not None:
+            on_evaluation(rate_per_s, attainment)
         return attainment >= target
 
     def result(rate_per_s: float, bracketed: bool = True) -> MaxRateSearch:

@@ -47,3 +47,11 @@ def test_unreachable_and_unbounded_targets() -> None:
 def test_rejects_bad_arguments() -> None:
     with pytest.raises(ValueError):
         max_rate_at_slo(synthetic, {"ttft": 500}, 1.5)
+
+
+def test_progress_callback_sees_every_evaluation() -> None:
+    seen: list[tuple[float, float]] = []
+    search = max_rate_at_slo(
+        synthetic, {"ttft": 500}, on_evaluation=lambda r, a: seen.append((r, a))
+    )
+    assert seen and tuple(seen) == search.evaluations

@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from starserve.metrics import RequestRecord, meets_slos, slo_attainment, summarize
+from starserve.metrics import RequestRecord, format_summary, meets_slos, slo_attainment, summarize
 
 # Hand-computed (ms): TTFT 100/500/200, E2EL 600/500/600, TPOT 250/—/100,
 # ITLs 200,300 | — | 100,100,100,100. One failed request. Duration 2.6 s.
@@ -95,3 +95,9 @@ def test_bad_inputs_are_rejected() -> None:
         RequestRecord(0.0, (0.2, 0.1), num_prompt_tokens=1)
     with pytest.raises(ValueError, match="at least one output token"):
         RequestRecord(0.0, (), num_prompt_tokens=1)
+
+
+def test_format_summary_lists_every_field_like_vllm() -> None:
+    text = format_summary(summarize(RECORDS, goodput_slos_ms={"ttft": 300}))
+    assert "Successful requests:" in text and "Request goodput (req/s):" in text
+    assert "P99 TPOT (ms):" in text and "248.50" in text and "Median ITL (ms):" in text
