@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from enum import StrEnum
+from typing import TYPE_CHECKING
 
 import typer
 from rich.console import Console
 from rich.table import Table
+
+if TYPE_CHECKING:
+    from starserve.workload import WorkloadStats
 
 app = typer.Typer(
     help="Request traces, prompt sets and their statistics.",
@@ -71,7 +75,7 @@ def describe_command(
     Console().print(_stats_table(name_or_path, stats, has_timestamps(requests)))
 
 
-def _stats_table(title: str, stats, timed: bool) -> Table:  # type: ignore[no-untyped-def]
+def _stats_table(title: str, stats: WorkloadStats, timed: bool) -> Table:
     table = Table(title=title)
     table.add_column("statistic")
     table.add_column("value", justify="right")

@@ -26,6 +26,7 @@ from starserve.workload.servegen import (
     WINDOW_S,
     LengthWindow,
     RateWindow,
+    ServeGenData,
     load_servegen,
 )
 from starserve.workload.types import WorkloadRequest
@@ -110,33 +111,9 @@ def servegen_reasoning_trace(
     """
     if not (0 <= start_s < DAY_S and duration_s > 0):
         raise StarserveError("ServeGen trace: need 0 <= start_s < 86400 and duration_s > 0")
-    data = load_servegen(folder)
-    rng = as_generator(seed)
-    by_client: dict[int, list[LengthWindow]] = defaultdict(list)
-    for window in data.length_windows:
-        by_client[window.client_id].append(window)
-    by_start: dict[float, list[RateWindow]] = defaultdict(list)
-    for rate_window in data.rate_windows:
-        by_start[rate_window.start_s].append(rate_window)
     end_s = DAY_S if num_requests is not None else min(DAY_S, start_s + duration_s)
-    first_window_s = math.floor(start_s / WINDOW_S) * WINDOW_S
-    times: list[np.ndarray] = []
-    inputs: list[np.ndarray] = []
-    outputs: list[np.ndarray] = []
-    window_s = first_window_s
-    while window_s < end_s and (num_requests is None or sum(map(len, times)) < num_requests):
-        for rate_window in by_start.get(window_s, []):
-            lengths = _active_length_window(by_client, rate_window.client_id, window_s)
-            if lengths is None:
-                continue
-            arrivals = _window_arrivals(rate_window, rng)
-            arrivals = arrivals[(arrivals >= start_s) & (arrivals < end_s)]
-            drawn_in, drawn_out = _draw_lengths(lengths, len(arrivals), rng)
-            times.append(arrivals)
-            inputs.append(drawn_in)
-            outputs.append(drawn_out)
-        window_s += WINDOW_S
-    requests = _assemble(name, start_s, times, inputs, outputs, num_requests)
+    chunks = _generate(load_servegen(folder), as_generator(seed), start_s, end_s, num_requests)
+    requests = _assemble(name, start_s, chunks, num_requests)
     if num_requests is not None and len(requests) < num_requests:
         raise StarserveError(
             f"ServeGen trace: only {len(requests)} requests from {start_s:.0f} s to the end of "
@@ -145,22 +122,49 @@ def servegen_reasoning_trace(
     return requests
 
 
-def _assemble(
-    name: str,
+Chunk = tuple[np.ndarray, np.ndarray, np.ndarray]  # arrival times s, input and output tokens
+
+
+def _generate(
+    data: ServeGenData,
+    rng: np.random.Generator,
     start_s: float,
-    times: list[np.ndarray],
-    inputs: list[np.ndarray],
-    outputs: list[np.ndarray],
+    end_s: float,
     num_requests: int | None,
+) -> list[Chunk]:
+    """Window by window from the one holding `start_s`, until `end_s` or `num_requests`."""
+    by_client: dict[int, list[LengthWindow]] = defaultdict(list)
+    for window in data.length_windows:
+        by_client[window.client_id].append(window)
+    by_start: dict[float, list[RateWindow]] = defaultdict(list)
+    for rate_window in data.rate_windows:
+        by_start[rate_window.start_s].append(rate_window)
+    chunks: list[Chunk] = []
+    window_s = math.floor(start_s / WINDOW_S) * WINDOW_S
+    while window_s < end_s and (num_requests is None or _count(chunks) < num_requests):
+        for rate_window in by_start.get(window_s, []):
+            lengths = _active_length_window(by_client, rate_window.client_id, window_s)
+            if lengths is None:
+                continue
+            arrivals = _window_arrivals(rate_window, rng)
+            arrivals = arrivals[(arrivals >= start_s) & (arrivals < end_s)]
+            chunks.append((arrivals, *_draw_lengths(lengths, len(arrivals), rng)))
+        window_s += WINDOW_S
+    return chunks
+
+
+def _count(chunks: list[Chunk]) -> int:
+    return sum(len(times) for times, _, _ in chunks)
+
+
+def _assemble(
+    name: str, start_s: float, chunks: list[Chunk], num_requests: int | None
 ) -> list[WorkloadRequest]:
-    if not times:
+    if not chunks:
         return []
-    all_times = np.concatenate(times)
-    order = np.argsort(all_times, kind="stable")[:num_requests]
-    all_in, all_out = np.concatenate(inputs), np.concatenate(outputs)
+    times, inputs, outputs = (np.concatenate(column) for column in zip(*chunks, strict=True))
+    order = np.argsort(times, kind="stable")[:num_requests]
     return [
-        WorkloadRequest(
-            f"{name}-{k}", float(all_times[i] - start_s), int(all_in[i]), int(all_out[i])
-        )
+        WorkloadRequest(f"{name}-{k}", float(times[i] - start_s), int(inputs[i]), int(outputs[i]))
         for k, i in enumerate(order)
     ]

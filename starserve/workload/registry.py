@@ -16,6 +16,7 @@ import numpy as np
 
 from starserve.errors import StarserveError
 from starserve.paths import data_dir
+from starserve.workload.arrivals import has_timestamps
 from starserve.workload.readers import read_length_csv, read_prompt_jsonl
 from starserve.workload.reasoning import sample_servegen_reasoning, servegen_reasoning_trace
 from starserve.workload.servegen import SERVEGEN_SUBDIR
@@ -45,13 +46,15 @@ class _Entry:
 
 
 def _csv(name: str) -> Loader:
-    return lambda path, num, seed: read_length_csv(path, name=name)
+    return lambda path, num, seed: select_requests(read_length_csv(path, name=name), num, seed)
 
 
 def _jsonl(name: str, text_field: str, id_field: str | None) -> Loader:
-    return lambda path, num, seed: read_prompt_jsonl(
-        path, text_field=text_field, id_field=id_field, name=name
-    )
+    def load(path: Path, num: int | None, seed: int) -> list[WorkloadRequest]:
+        rows = read_prompt_jsonl(path, text_field=text_field, id_field=id_field, name=name)
+        return select_requests(rows, num, seed)
+
+    return load
 
 
 def _servegen_lengths(path: Path, num: int | None, seed: int) -> list[WorkloadRequest]:
@@ -131,33 +134,27 @@ def load_workload(
 ) -> list[WorkloadRequest]:
     """Load a registered workload by name, or a user CSV/JSONL file by path.
 
-    `num_requests`: for traces with timestamps, the first N requests in time order; for length
-    pools and prompt sets, a seeded random sample without replacement (with replacement once N
-    exceeds the file, ids then carry a `#k` repeat suffix); for sampled ServeGen workloads,
-    exactly N draws. `None` keeps every row (1000 draws / 600 s for ServeGen).
+    `num_requests` (None keeps every row; 1000 draws / the first 600 s for ServeGen): see
+    `select_requests` for files; sampled ServeGen workloads give exactly N requests.
     """
     if num_requests is not None and num_requests < 0:
         raise StarserveError(f"number of requests must be >= 0, got {num_requests}")
     entry = WORKLOADS.get(name_or_path)
     if entry is not None:
-        requests = entry.load(data_dir() / entry.info.path, num_requests, seed)
-        kind = entry.info.kind
-    else:
-        requests = _load_user_file(Path(name_or_path))
-        kind = "trace" if len({r.arrival_time_s for r in requests}) > 1 else "lengths"
-    if (
-        num_requests is None
-        or kind == "sampled"
-        or entry is not None
-        and entry.load is _servegen_trace
-    ):
+        return entry.load(data_dir() / entry.info.path, num_requests, seed)
+    return select_requests(_load_user_file(Path(name_or_path)), num_requests, seed)
+
+
+def select_requests(
+    requests: list[WorkloadRequest], num_requests: int | None, seed: int
+) -> list[WorkloadRequest]:
+    """N requests of a file: the first N in time order if it has timestamps; otherwise a seeded
+    random sample without replacement, repeating with fresh shuffles (ids get a `#k` suffix)
+    once N exceeds the file."""
+    if num_requests is None:
         return requests
-    if kind == "trace":
+    if has_timestamps(requests):
         return sorted(requests, key=lambda r: r.arrival_time_s)[:num_requests]
-    return _sample(requests, num_requests, seed)
-
-
-def _sample(requests: list[WorkloadRequest], num_requests: int, seed: int) -> list[WorkloadRequest]:
     rng = np.random.default_rng(seed)
     chosen: list[WorkloadRequest] = []
     repeat = 0
