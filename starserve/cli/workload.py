@@ -9,6 +9,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from starserve.errors import StarserveError
+
 if TYPE_CHECKING:
     from starserve.workload import WorkloadStats
 
@@ -65,10 +67,12 @@ def describe_command(
     from starserve.workload import apply_arrivals, describe, load_workload
     from starserve.workload.arrivals import has_timestamps
 
-    requests = load_workload(name_or_path, num_requests=num_requests, seed=seed)
     process = arrival.value if arrival is not None else None
     if process is None and rate is not None:
         process = "poisson"
+    if cv != 1.0 and process != "gamma":
+        raise StarserveError("--cv applies only to --arrival gamma")
+    requests = load_workload(name_or_path, num_requests=num_requests, seed=seed)
     if process is not None:
         requests = apply_arrivals(requests, process, rate_per_s=rate, cv=cv, seed=seed)
     stats = describe(requests)

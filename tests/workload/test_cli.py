@@ -77,3 +77,9 @@ def test_bad_path_exits_2_with_one_line_error(tmp_path) -> None:  # type: ignore
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and "missing.csv" in lines[0]
     assert "Traceback" not in proc.stderr
+
+
+def test_cv_without_gamma_is_a_user_error() -> None:
+    result = runner.invoke(app, ["workload", "describe", "sharegpt", "--rate", "2", "--cv", "3"])
+    assert result.exit_code != 0
+    assert "--cv applies only to --arrival gamma" in str(result.exception)
