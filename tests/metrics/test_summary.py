@@ -101,3 +101,22 @@ def test_format_summary_lists_every_field_like_vllm() -> None:
     text = format_summary(summarize(RECORDS, goodput_slos_ms={"ttft": 300}))
     assert "Successful requests:" in text and "Request goodput (req/s):" in text
     assert "P99 TPOT (ms):" in text and "248.50" in text and "Median ITL (ms):" in text
+
+
+def test_random_records_satisfy_vllm_identities() -> None:
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    records = []
+    for _ in range(200):
+        send_s = float(rng.uniform(0, 10))
+        gaps_s = rng.exponential(0.05, size=int(rng.integers(1, 30)))
+        records.append(RequestRecord(send_s, tuple(send_s + np.cumsum(gaps_s)), 5))
+    multi = [r for r in records if r.num_output_tokens > 1]
+    assert multi and len(multi) < len(records)  # both kinds present
+    for r in multi:  # E2EL = TTFT + (n - 1) * TPOT, and ITLs sum to E2EL - TTFT
+        assert r.e2el_s == pytest.approx(r.ttft_s + (r.num_output_tokens - 1) * r.tpot_s)  # type: ignore[operator]
+        assert sum(r.itls_s) == pytest.approx(r.e2el_s - r.ttft_s)
+    result = summarize(records)
+    assert result["mean_tpot_ms"] == pytest.approx(1000 * np.mean([r.tpot_s for r in multi]))
+    assert result["total_output_tokens"] == sum(r.num_output_tokens for r in records)
