@@ -46,10 +46,11 @@ class Engine(MigrationMixin):
         self.detokenizer = Detokenizer(weights.tokenizer)
         self.block_size = config.block_size
         self.kv_cache = torch.zeros(
-            (mc.num_layers, 2, self._num_blocks(), config.block_size, mc.num_kv_heads, mc.head_dim),
+            # Head-major: [layers, 2, KV, blocks, block_size, D] (see docs/engine.md).
+            (mc.num_layers, 2, mc.num_kv_heads, self._num_blocks(), config.block_size, mc.head_dim),
             dtype=DTYPES[config.dtype],
         )
-        self.blocks = BlockManager(self.kv_cache.shape[2], config.block_size)
+        self.blocks = BlockManager(self.kv_cache.shape[3], config.block_size)
         self.scheduler = Scheduler(self.blocks, config.max_num_seqs, config.max_num_batched_tokens)
         self.runner = ModelRunner(
             weights.model, self.kv_cache, config.block_size, config.hidden_state_middle_layer

@@ -19,10 +19,10 @@ class ModelRunner:
         self, model: LlamaModel, kv_cache: torch.Tensor, block_size: int, middle_layer: int | None
     ) -> None:
         self.model = model
-        num_layers, _, num_blocks, _, num_kv_heads, head_dim = kv_cache.shape
-        # Flat view [layers, 2, slots, KV, D]: slot = block_id * block_size + offset.
+        num_layers, _, num_kv_heads, num_blocks, _, head_dim = kv_cache.shape
+        # Flat view [layers, 2, KV, slots, D]: slot = block_id * block_size + offset.
         self.flat_cache = kv_cache.view(
-            num_layers, 2, num_blocks * block_size, num_kv_heads, head_dim
+            num_layers, 2, num_kv_heads, num_blocks * block_size, head_dim
         )
         self.block_size = block_size
         self.middle_layer = middle_layer
@@ -100,4 +100,4 @@ class ModelRunner:
         slots = slots[:, :max_context].contiguous()
         valid = torch.arange(max_context)[None, :] < torch.tensor(context_lens)[:, None]
         bias = torch.zeros(valid.shape, dtype=self.dtype).masked_fill_(~valid, float("-inf"))
-        return slots, bias[:, None, None, :]
+        return slots, bias[:, None, :]

@@ -32,7 +32,7 @@ class AttentionBatch:
     slot_mapping: torch.Tensor  # [T] long: where each token's K/V goes in the flat cache
     num_decode_tokens: int  # the first Bd tokens are single-token decodes
     decode_slots: torch.Tensor | None  # [Bd, max_context] long (padding points at slot 0)
-    decode_bias: torch.Tensor | None  # [Bd, 1, 1, max_context] additive mask (0 or -inf)
+    decode_bias: torch.Tensor | None  # [Bd, 1, max_context] additive mask (0 or -inf)
     prefills: list[PrefillChunk]
 
 
@@ -45,9 +45,9 @@ def paged_attention(
     batch: AttentionBatch,
     scale: float,
 ) -> torch.Tensor:
-    """q [T, H, D], k/v [T, KV, D]; caches [num_slots, KV, D]. Returns [T, H, D]."""
-    k_cache.index_copy_(0, batch.slot_mapping, k)
-    v_cache.index_copy_(0, batch.slot_mapping, v)
+    """q [T, H, D], k/v [T, KV, D]; caches [KV, num_slots, D] (head-major). Returns [T, H, D]."""
+    k_cache.index_copy_(1, batch.slot_mapping, k.transpose(0, 1))
+    v_cache.index_copy_(1, batch.slot_mapping, v.transpose(0, 1))
     num_decode = batch.num_decode_tokens
     if not batch.prefills:
         return _decode_attention(q, k_cache, v_cache, batch, scale)
@@ -70,17 +70,29 @@ def _decode_attention(
     batch: AttentionBatch,
     scale: float,
 ) -> torch.Tensor:
-    """One query token per sequence; grouped heads share their K/V without being repeated."""
+    """One query token per sequence; grouped heads share their K/V without being repeated.
+
+    The gather lands head-major ([KV, B, L, D]), so both products are plain batched matmuls
+    over KV * B without copying the gathered context again.
+    """
     assert batch.decode_slots is not None and batch.decode_bias is not None
     num_seqs, num_heads, head_dim = q.shape
-    num_kv_heads = k_cache.shape[1]
+    num_kv_heads = k_cache.shape[0]
     group = num_heads // num_kv_heads
-    keys = k_cache[batch.decode_slots].permute(0, 2, 3, 1)  # [B, KV, D, L]
-    values = v_cache[batch.decode_slots].transpose(1, 2)  # [B, KV, L, D]
-    q_grouped = q.view(num_seqs, num_kv_heads, group, head_dim)
-    scores = torch.matmul(q_grouped, keys) * scale + batch.decode_bias  # [B, KV, G, L]
+    max_context = batch.decode_slots.shape[1]
+    flat_slots = batch.decode_slots.view(-1)
+    keys = k_cache.index_select(1, flat_slots).view(num_kv_heads * num_seqs, max_context, head_dim)
+    values = v_cache.index_select(1, flat_slots).view(
+        num_kv_heads * num_seqs, max_context, head_dim
+    )
+    q_grouped = q.view(num_seqs, num_kv_heads, group, head_dim).transpose(0, 1)
+    q_grouped = q_grouped.reshape(num_kv_heads * num_seqs, group, head_dim)
+    scores = torch.bmm(q_grouped, keys.transpose(1, 2)) * scale  # [KV*B, G, L]
+    scores = scores.view(num_kv_heads, num_seqs, group, max_context) + batch.decode_bias
     probs = torch.softmax(scores.float(), dim=-1).to(q.dtype)
-    return torch.matmul(probs, values).reshape(num_seqs, num_heads, head_dim)
+    probs = probs.view(num_kv_heads * num_seqs, group, max_context)
+    out = torch.bmm(probs, values).view(num_kv_heads, num_seqs, group, head_dim)
+    return out.transpose(0, 1).reshape(num_seqs, num_heads, head_dim)
 
 
 def _prefill_attention(
@@ -94,14 +106,15 @@ def _prefill_attention(
 ) -> torch.Tensor:
     """Causal attention of one chunk over its whole context (earlier chunks read from the cache)."""
     if chunk.context_slots is None:
-        keys, values, mask, causal = k, v, None, True
+        keys, values, mask, causal = k.transpose(0, 1), v.transpose(0, 1), None, True
     else:
-        keys, values = k_cache[chunk.context_slots], v_cache[chunk.context_slots]
+        keys = k_cache.index_select(1, chunk.context_slots)  # [KV, context, D]
+        values = v_cache.index_select(1, chunk.context_slots)
         mask, causal = chunk.mask, False
     out = F.scaled_dot_product_attention(
         q.transpose(0, 1).unsqueeze(0),
-        keys.transpose(0, 1).unsqueeze(0),
-        values.transpose(0, 1).unsqueeze(0),
+        keys.unsqueeze(0),
+        values.unsqueeze(0),
         attn_mask=mask,
         is_causal=causal,
         scale=scale,

@@ -71,7 +71,7 @@ class DecoderLayer(nn.Module):
         kv_cache: torch.Tensor,
         batch: AttentionBatch,
     ) -> torch.Tensor:
-        """h [T, hidden] residual stream; kv_cache [2, num_slots, KV, D] of this layer."""
+        """h [T, hidden] residual stream; kv_cache [2, KV, num_slots, D] of this layer."""
         c = self.config
         num_tokens = h.shape[0]
         qkv = F.linear(self.input_norm(h), self.qkv_weight, self.qkv_bias)
@@ -127,7 +127,7 @@ class LlamaModel(nn.Module):
         select_index: torch.Tensor,
         middle_layer: int | None = None,
     ) -> ForwardOutput:
-        """token_ids/positions [T]; kv_cache [num_layers, 2, num_slots, KV, D]."""
+        """token_ids/positions [T]; kv_cache [num_layers, 2, KV, num_slots, D]."""
         h = F.embedding(token_ids, self.embed)
         dtype = h.dtype
         cos = self.rope_cos[positions].to(dtype)[:, None, :]

@@ -1,0 +1,119 @@
+"""Export / import keeps every token: one-shot, multi-stage, seeded sampling, and rollbacks."""
+
+from __future__ import annotations
+
+import pytest
+
+from starserve.engine import EngineFullError, SamplingParams
+
+GREEDY = SamplingParams(max_tokens=20, temperature=0, ignore_eos=True)
+SEEDED = SamplingParams(
+    max_tokens=20, temperature=0.9, top_p=0.9, top_k=50, seed=7, ignore_eos=True
+)
+
+
+def run_until(engine, request_id: str, num_generated: int) -> list[int]:
+    tokens: list[int] = []
+    while len(tokens) < num_generated:
+        for out in engine.step():
+            if out.request_id == request_id:
+                tokens.extend(out.new_token_ids)
+    return tokens
+
+
+def run_to_end(engine, request_id: str) -> list[int]:
+    tokens: list[int] = []
+    while engine.has_unfinished_requests():
+        for out in engine.step():
+            if out.request_id == request_id:
+                tokens.extend(out.new_token_ids)
+    return tokens
+
+
+@pytest.mark.parametrize("params", [GREEDY, SEEDED], ids=["greedy", "seeded"])
+def test_one_shot_export_import_continues_exactly(make_engine, chat_prompts, params):
+    prompt = chat_prompts[0]
+    reference = make_engine().generate([prompt], params)[0].new_token_ids
+    source, destination = make_engine(), make_engine()
+    source.add_request("r", prompt, params)
+    before = run_until(source, "r", 7)
+    snapshot = source.export_request("r")
+    assert snapshot.num_kv_tokens == len(prompt) + 6  # the newest token has no KV yet
+    source.release_request("r")
+    destination.import_request(snapshot)
+    after = run_to_end(destination, "r")
+    assert before + after == reference
+    assert source.blocks.num_free_blocks == source.blocks.num_blocks
+    assert destination.blocks.num_free_blocks == destination.blocks.num_blocks
+
+
+@pytest.mark.parametrize("params", [GREEDY, SEEDED], ids=["greedy", "seeded"])
+def test_multi_stage_migration_continues_exactly(make_engine, chat_prompts, params):
+    prompt = chat_prompts[1]
+    reference = make_engine().generate([prompt], params)[0].new_token_ids
+    source, destination = make_engine(block_size=4), make_engine(block_size=4)
+    source.add_request("r", prompt, params)
+    tokens = run_until(source, "r", 3)
+    first = source.export_request("r")
+    assert destination.reserve_import("r", first.num_kv_tokens + 8)
+    destination.write_import_stage(first)
+    tokens += run_until(source, "r", 9)  # the source keeps decoding between stages
+    second = source.export_request("r", since_stage=first.stage)
+    assert second.first_block_index == first.num_kv_tokens // 4
+    assert second.kv.shape[2] < first.kv.shape[2]  # only the blocks added since
+    destination.write_import_stage(second)
+    source.pause_request("r")
+    assert source.step() == []
+    final = source.export_request("r", since_stage=second.stage)
+    destination.commit_import(final)
+    source.release_request("r")
+    tokens += run_to_end(destination, "r")
+    assert tokens == reference
+    assert destination.blocks.num_free_blocks == destination.blocks.num_blocks
+
+
+def test_pause_resume_keeps_tokens(make_engine, chat_prompts):
+    prompt = chat_prompts[2]
+    reference = make_engine().generate([prompt], GREEDY)[0].new_token_ids
+    engine = make_engine()
+    engine.add_request("r", prompt, GREEDY)
+    tokens = run_until(engine, "r", 5)
+    engine.pause_request("r")
+    assert not engine.has_unfinished_requests()
+    assert engine.step() == []
+    engine.resume_request("r")
+    tokens += run_to_end(engine, "r")
+    assert tokens == reference
+
+
+def test_aborted_and_refused_imports_leave_no_blocks(make_engine, chat_prompts):
+    source = make_engine()
+    source.add_request("r", chat_prompts[3], GREEDY)
+    run_until(source, "r", 2)
+    snapshot = source.export_request("r")
+    small = make_engine(num_kv_blocks=2)
+    assert not small.can_import(snapshot.num_kv_tokens)
+    assert not small.reserve_import("r", snapshot.num_kv_tokens)
+    with pytest.raises(EngineFullError):
+        small.import_request(snapshot)
+    assert small.blocks.num_free_blocks == 2
+    destination = make_engine()
+    assert destination.reserve_import("r", snapshot.num_kv_tokens)
+    destination.write_import_stage(snapshot)
+    assert destination.blocks.num_free_blocks < destination.blocks.num_blocks
+    destination.abort_import("r")
+    assert destination.blocks.num_free_blocks == destination.blocks.num_blocks
+    source.resume_request("r")  # not paused: a no-op
+    run_to_end(source, "r")
+    assert source.blocks.num_free_blocks == source.blocks.num_blocks
+
+
+def test_snapshot_with_other_layout_is_refused(make_engine, chat_prompts):
+    source = make_engine(block_size=8)
+    source.add_request("r", chat_prompts[4], GREEDY)
+    run_until(source, "r", 1)
+    snapshot = source.export_request("r")
+    destination = make_engine()
+    with pytest.raises(ValueError, match="layout"):
+        destination.import_request(snapshot)
+    assert destination.blocks.num_free_blocks == destination.blocks.num_blocks
