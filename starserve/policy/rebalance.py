@@ -1,0 +1,168 @@
+"""Rebalance policies: which running requests move between decode instances this round.
+
+Every rebalance function has the signature `(snapshots) -> list[MigrationDecision]`; pure.
+Shared rules: an instance with a migration in flight is neither source nor destination (one
+migration per instance at a time), and no instance appears in two decisions of one round.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from starserve.policy.load import (
+    StarWeighting,
+    instance_score,
+    llumnix_freeness,
+    predicted_remaining,
+    request_score_tokens,
+    star_context,
+)
+from starserve.policy.types import InstanceSnapshot, MigrationDecision, RequestLoad
+
+RebalanceFn = Callable[[Sequence[InstanceSnapshot]], list[MigrationDecision]]
+
+# Llumnix's defaults (llumnix/arg_utils.py): migrate-out threshold -3 on load = -freeness,
+# i.e. a source when fewer than 3 free blocks per running request.
+LLUMNIX_MIGRATE_OUT_FREENESS = 3.0
+
+
+def no_migration(snapshots: Sequence[InstanceSnapshot]) -> list[MigrationDecision]:
+    """Never move anything (static PD disaggregation)."""
+    return []
+
+
+def _idle(snapshots: Sequence[InstanceSnapshot]) -> list[InstanceSnapshot]:
+    return [s for s in snapshots if not s.is_migrating]
+
+
+def llumnix_sources(snapshots: Sequence[InstanceSnapshot]) -> list[InstanceSnapshot]:
+    """Overloaded instances, most loaded (least free) first; preempted requests count as
+    overload whatever the freeness. Only instances with a running request can send one."""
+    sources = [
+        s
+        for s in _idle(snapshots)
+        if s.requests
+        and (s.num_preempted > 0 or llumnix_freeness(s) < LLUMNIX_MIGRATE_OUT_FREENESS)
+    ]
+    return sorted(sources, key=lambda s: (-s.num_preempted, llumnix_freeness(s), s.instance_id))
+
+
+def llumnix_destinations(snapshots: Sequence[InstanceSnapshot]) -> list[InstanceSnapshot]:
+    """Underloaded instances, least loaded (most free) first."""
+    dests = [
+        s
+        for s in _idle(snapshots)
+        if s.num_preempted == 0 and llumnix_freeness(s) > LLUMNIX_MIGRATE_OUT_FREENESS
+    ]
+    return sorted(dests, key=lambda s: (-llumnix_freeness(s), -s.num_free_blocks, s.instance_id))
+
+
+def shortest_request(snapshot: InstanceSnapshot) -> RequestLoad:
+    """Llumnix's `SR` choice: the running request with the fewest tokens (cheapest to copy)."""
+    return min(snapshot.requests, key=lambda r: (r.num_context_tokens, r.request_id))
+
+
+def llumnix(snapshots: Sequence[InstanceSnapshot]) -> list[MigrationDecision]:
+    """Llumnix's defrag pairing: i-th most loaded source with i-th least loaded destination,
+    each moving its shortest running request."""
+    decisions = []
+    for src, dst in zip(llumnix_sources(snapshots), llumnix_destinations(snapshots), strict=False):
+        if src.instance_id == dst.instance_id:
+            continue
+        request = shortest_request(src)
+        decisions.append(MigrationDecision(request.request_id, src.instance_id, dst.instance_id))
+    return decisions
+
+
+@dataclass(frozen=True, slots=True)
+class StarRebalanceParams:
+    """Tuning of STAR's rebalancing; the defaults are what docs/policies.md justifies."""
+
+    weighting: StarWeighting = StarWeighting("dynamic")
+    imbalance_threshold: float = 0.05  # score distance from the mean that makes a src/dst
+    min_remaining_tokens: float = 16.0  # a request about to finish is not worth moving
+
+
+def _blocks(num_tokens: int, block_size: int) -> int:
+    return math.ceil((num_tokens + 1) / block_size)
+
+
+def best_request_to_move(
+    src: InstanceSnapshot,
+    dst: InstanceSnapshot,
+    scores: dict[int, float],
+    contributions: dict[str, float],
+    params: StarRebalanceParams,
+) -> RequestLoad | None:
+    """The request whose move leaves max(src score, dst score) lowest, if it improves on
+    today's src score and fits into dst's free blocks; None if no request does."""
+    best: RequestLoad | None = None
+    best_peak = scores[src.instance_id]
+    free_blocks = dst.num_free_blocks - dst.num_waiting_blocks
+    for request in src.requests:
+        if predicted_remaining(request) < params.min_remaining_tokens:
+            continue
+        if _blocks(request.num_context_tokens, dst.block_size) > free_blocks:
+            continue
+        tokens = contributions[request.request_id]
+        peak = max(
+            scores[src.instance_id] - tokens / max(1, src.kv_capacity_tokens),
+            scores[dst.instance_id] + tokens / max(1, dst.kv_capacity_tokens),
+        )
+        if peak < best_peak:
+            best, best_peak = request, peak
+    return best
+
+
+def star_plan(
+    snapshots: Sequence[InstanceSnapshot], params: StarRebalanceParams
+) -> list[MigrationDecision]:
+    """Pair the highest-scoring instances with the lowest-scoring ones (preempting instances
+    are sources first) and move, per pair, the request that best evens their scores."""
+    if len(snapshots) < 2:
+        return []
+    ctx = star_context(snapshots, params.weighting)
+    scores = {s.instance_id: instance_score(s, ctx) for s in snapshots}
+    mean = sum(scores.values()) / len(scores)
+    idle = _idle(snapshots)
+    sources = [
+        s
+        for s in idle
+        if s.requests
+        and (s.num_preempted > 0 or scores[s.instance_id] > mean + params.imbalance_threshold)
+    ]
+    sources.sort(key=lambda s: (-s.num_preempted, -scores[s.instance_id], s.instance_id))
+    dests = [
+        s
+        for s in idle
+        if s.num_preempted == 0 and scores[s.instance_id] < mean - params.imbalance_threshold
+    ]
+    dests.sort(key=lambda s: (scores[s.instance_id], s.instance_id))
+    decisions = []
+    for src, dst in zip(sources, dests, strict=False):
+        contributions = {r.request_id: request_score_tokens(r, ctx) for r in src.requests}
+        request = best_request_to_move(src, dst, scores, contributions, params)
+        if request is not None:
+            decisions.append(
+                MigrationDecision(request.request_id, src.instance_id, dst.instance_id)
+            )
+    return decisions
+
+
+def _star_rebalance(params: StarRebalanceParams) -> RebalanceFn:
+    def rebalance(snapshots: Sequence[InstanceSnapshot]) -> list[MigrationDecision]:
+        return star_plan(snapshots, params)
+
+    rebalance.__name__ = f"star_rebalance_{params.weighting.mode}"
+    return rebalance
+
+
+REBALANCE_POLICIES: dict[str, RebalanceFn] = {
+    "none": no_migration,
+    "llumnix": llumnix,
+    "star": _star_rebalance(StarRebalanceParams()),
+    "star_current_only": _star_rebalance(StarRebalanceParams(StarWeighting("current"))),
+    "star_predicted_only": _star_rebalance(StarRebalanceParams(StarWeighting("predicted"))),
+}
