@@ -2,19 +2,17 @@
 
 STAR score of a decode instance (see docs/policies.md for the derivation):
 
-    score = (1 - w) * current + w * future
-    current = KV tokens held now (+ blocks promised to waiting requests) / KV capacity
-    future  = mean KV tokens the running requests will hold over the next H decode steps
-              / KV capacity, from each request's predicted remaining length m:
-              f(c, m) = min(m, H) * (c + min(m, H) / 2) / H    (context c grows 1 per step
-              until the request finishes after m steps, then frees its KV)
-    H       = mean predicted remaining length over all running requests in the cluster
-              (the time scale on which the current population turns over)
+    score = ((1 - w) * current + w * peak) / KV capacity
+    current = KV tokens held now (+ tokens promised to waiting requests)
+    peak    = the most KV tokens the instance will hold if nothing new arrives, from each
+              running request's context c and predicted remaining length m: it holds c + t
+              tokens at step t < m, then frees them; max over t of the sum
     w       = 0.5 + 0.5 * u, u = the cluster's KV utilisation (0..1)
 
-`w` is dynamic: on an idle cluster today's tokens and the next H steps' tokens matter about
-equally; as memory fills up, the growth still to come is what exhausts an instance and forces
-preemptions, so predictions get the larger share.
+`w` is dynamic: on an idle cluster nothing is near exhaustion and today's load (which sets
+today's iteration time) matters as much as the future; as memory fills up, the growth still
+to come is what exhausts an instance and forces preemptions, so predictions get the larger
+share.
 """
 
 from __future__ import annotations
@@ -72,12 +70,6 @@ def predicted_remaining(request: RequestLoad) -> float:
     return float(max(1, request.num_generated_tokens))
 
 
-def future_tokens(num_context_tokens: float, remaining_tokens: float, horizon: float) -> float:
-    """Mean KV tokens a request holds over the next `horizon` decode steps."""
-    steps = min(remaining_tokens, horizon)
-    return steps * (num_context_tokens + steps / 2.0) / horizon
-
-
 def cluster_horizon(snapshots: Sequence[InstanceSnapshot]) -> float:
     """H: mean predicted remaining length of all running requests (at least 1)."""
     total = 0.0
@@ -110,33 +102,40 @@ def star_context(snapshots: Sequence[InstanceSnapshot], weighting: StarWeighting
     )
 
 
-def request_score_tokens(request: RequestLoad, ctx: StarContext) -> float:
-    """A running request's share of its instance's score, in tokens (before ÷ capacity)."""
-    future = future_tokens(request.num_context_tokens, predicted_remaining(request), ctx.horizon)
-    return (1.0 - ctx.weight) * request.num_context_tokens + ctx.weight * future
+def peak_tokens(items: Sequence[tuple[float, float]], base_tokens: float = 0.0) -> float:
+    """The highest KV the (context, remaining) sequences will hold if no new work arrives:
+    K(t) = base + sum over sequences still running at step t of (context + t); the maximum
+    is at t = 0 or just before one of them finishes. O(n log n)."""
+    if not items:
+        return base_tokens
+    ordered = sorted(items, key=lambda item: item[1])
+    suffix_context = sum(context for context, _ in ordered)
+    peak = base_tokens + suffix_context
+    for index, (context, remaining) in enumerate(ordered):
+        alive = len(ordered) - index
+        peak = max(peak, base_tokens + suffix_context + alive * remaining)
+        suffix_context -= context
+    return peak
+
+
+def instance_items(snapshot: InstanceSnapshot) -> list[tuple[float, float]]:
+    return [(float(r.num_context_tokens), predicted_remaining(r)) for r in snapshot.requests]
 
 
 def instance_score(snapshot: InstanceSnapshot, ctx: StarContext) -> float:
     """The STAR score of one instance (fraction of its KV capacity)."""
+    return score_of_items(snapshot, instance_items(snapshot), ctx)
+
+
+def score_of_items(
+    snapshot: InstanceSnapshot, items: Sequence[tuple[float, float]], ctx: StarContext
+) -> float:
+    """Score of `snapshot` if its running sequences were `items` (what-if for moves)."""
     waiting_tokens = snapshot.num_waiting_blocks * snapshot.block_size
-    current = snapshot.num_used_blocks * snapshot.block_size + waiting_tokens
-    future = waiting_tokens + sum(
-        future_tokens(r.num_context_tokens, predicted_remaining(r), ctx.horizon)
-        for r in snapshot.requests
-    )
-    mixed = (1.0 - ctx.weight) * current + ctx.weight * future
+    current = waiting_tokens + sum(context for context, _ in items)
+    peak = peak_tokens(items, waiting_tokens)
+    mixed = (1.0 - ctx.weight) * current + ctx.weight * peak
     return mixed / max(1, snapshot.kv_capacity_tokens)
-
-
-def new_request_score_tokens(request: NewRequest, ctx: StarContext) -> float:
-    """What a new request adds to an instance's score, in tokens."""
-    remaining = (
-        ctx.horizon
-        if request.predicted_output_tokens is None
-        else max(0.0, request.predicted_output_tokens)
-    )
-    future = future_tokens(request.num_prompt_tokens, remaining, ctx.horizon)
-    return (1.0 - ctx.weight) * request.num_prompt_tokens + ctx.weight * future
 
 
 def star_dispatch_scores(
@@ -144,8 +143,12 @@ def star_dispatch_scores(
 ) -> dict[int, float]:
     """Each instance's STAR score if `request` were placed there."""
     ctx = star_context(snapshots, weighting)
-    added = new_request_score_tokens(request, ctx)
+    remaining = (
+        ctx.horizon
+        if request.predicted_output_tokens is None
+        else max(0.0, request.predicted_output_tokens)
+    )
+    new_item = (float(request.num_prompt_tokens), remaining)
     return {
-        s.instance_id: instance_score(s, ctx) + added / max(1, s.kv_capacity_tokens)
-        for s in snapshots
+        s.instance_id: score_of_items(s, [*instance_items(s), new_item], ctx) for s in snapshots
     }

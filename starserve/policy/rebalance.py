@@ -12,11 +12,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from starserve.policy.load import (
+    StarContext,
     StarWeighting,
+    instance_items,
     instance_score,
     llumnix_freeness,
     predicted_remaining,
-    request_score_tokens,
+    score_of_items,
     star_context,
 )
 from starserve.policy.types import InstanceSnapshot, MigrationDecision, RequestLoad
@@ -81,8 +83,11 @@ class StarRebalanceParams:
     """Tuning of STAR's rebalancing; the defaults are what docs/policies.md justifies."""
 
     weighting: StarWeighting = StarWeighting("dynamic")
-    imbalance_threshold: float = 0.05  # score distance from the mean that makes a src/dst
+    imbalance_threshold: float = 0.1  # score distance from the mean that makes a src/dst
+    urgent_free_blocks_per_request: float = LLUMNIX_MIGRATE_OUT_FREENESS  # about to run out
     min_remaining_tokens: float = 16.0  # a request about to finish is not worth moving
+    min_gain: float = 0.01  # a move must lower the pair's peak score by this much
+    max_candidates: int = 8  # what-if evaluations per pair (keeps a round O(n log n))
 
 
 def _blocks(num_tokens: int, block_size: int) -> int:
@@ -93,24 +98,33 @@ def best_request_to_move(
     src: InstanceSnapshot,
     dst: InstanceSnapshot,
     scores: dict[int, float],
-    contributions: dict[str, float],
+    ctx: StarContext,
     params: StarRebalanceParams,
 ) -> RequestLoad | None:
-    """The request whose move leaves max(src score, dst score) lowest, if it improves on
-    today's src score and fits into dst's free blocks; None if no request does."""
-    best: RequestLoad | None = None
-    best_peak = scores[src.instance_id]
+    """Among src's `max_candidates` largest requests (context + predicted remaining) that fit
+    dst and are not about to finish, the one whose move leaves max(src score, dst score)
+    lowest; None unless that beats src's score today by `min_gain`."""
     free_blocks = dst.num_free_blocks - dst.num_waiting_blocks
-    for request in src.requests:
-        if predicted_remaining(request) < params.min_remaining_tokens:
-            continue
-        if _blocks(request.num_context_tokens, dst.block_size) > free_blocks:
-            continue
-        tokens = contributions[request.request_id]
-        peak = max(
-            scores[src.instance_id] - tokens / max(1, src.kv_capacity_tokens),
-            scores[dst.instance_id] + tokens / max(1, dst.kv_capacity_tokens),
+    eligible = [
+        r
+        for r in src.requests
+        if predicted_remaining(r) >= params.min_remaining_tokens
+        and _blocks(r.num_context_tokens, dst.block_size) <= free_blocks
+    ]
+    eligible.sort(key=lambda r: (-(r.num_context_tokens + predicted_remaining(r)), r.request_id))
+    src_items = {
+        r.request_id: (float(r.num_context_tokens), predicted_remaining(r)) for r in src.requests
+    }
+    dst_items = instance_items(dst)
+    best: RequestLoad | None = None
+    best_peak = scores[src.instance_id] - params.min_gain
+    for request in eligible[: params.max_candidates]:
+        moved = src_items[request.request_id]
+        src_after = score_of_items(
+            src, [v for k, v in src_items.items() if k != request.request_id], ctx
         )
+        dst_after = score_of_items(dst, [*dst_items, moved], ctx)
+        peak = max(src_after, dst_after)
         if peak < best_peak:
             best, best_peak = request, peak
     return best
@@ -127,23 +141,25 @@ def star_plan(
     scores = {s.instance_id: instance_score(s, ctx) for s in snapshots}
     mean = sum(scores.values()) / len(scores)
     idle = _idle(snapshots)
+
+    def urgent(s: InstanceSnapshot) -> bool:
+        return s.num_preempted > 0 or llumnix_freeness(s) < params.urgent_free_blocks_per_request
+
     sources = [
         s
         for s in idle
-        if s.requests
-        and (s.num_preempted > 0 or scores[s.instance_id] > mean + params.imbalance_threshold)
+        if s.requests and (urgent(s) or scores[s.instance_id] > mean + params.imbalance_threshold)
     ]
-    sources.sort(key=lambda s: (-s.num_preempted, -scores[s.instance_id], s.instance_id))
+    sources.sort(key=lambda s: (not urgent(s), -scores[s.instance_id], s.instance_id))
     dests = [
         s
         for s in idle
-        if s.num_preempted == 0 and scores[s.instance_id] < mean - params.imbalance_threshold
+        if not urgent(s) and scores[s.instance_id] < mean - params.imbalance_threshold
     ]
     dests.sort(key=lambda s: (scores[s.instance_id], s.instance_id))
     decisions = []
     for src, dst in zip(sources, dests, strict=False):
-        contributions = {r.request_id: request_score_tokens(r, ctx) for r in src.requests}
-        request = best_request_to_move(src, dst, scores, contributions, params)
+        request = best_request_to_move(src, dst, scores, ctx, params)
         if request is not None:
             decisions.append(
                 MigrationDecision(request.request_id, src.instance_id, dst.instance_id)
