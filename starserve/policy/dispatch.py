@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from starserve.policy.load import (
     StarWeighting,
     llumnix_dispatch_freeness,
-    star_dispatch_scores,
+    star_dispatch_loads,
 )
 from starserve.policy.types import InstanceSnapshot, NewRequest
 
@@ -64,19 +64,29 @@ def _star_dispatch(weighting: StarWeighting) -> DispatchFn:
         snapshots: Sequence[InstanceSnapshot], request: NewRequest, cursor: int
     ) -> tuple[int, int]:
         _require_instances(snapshots)
-        scores = star_dispatch_scores(snapshots, request, weighting)
+        loads = star_dispatch_loads(snapshots, request, weighting)
         fits = [
             s
             for s in snapshots
             if s.num_free_blocks - s.num_waiting_blocks
             >= math.ceil(request.num_prompt_tokens / s.block_size)
         ]
-        candidates = fits or list(snapshots)
-        best = min(candidates, key=lambda s: (scores[s.instance_id], s.instance_id))
+        # where no placement is predicted to stay clear of KV exhaustion, delay it longest
+        safe = [s for s in fits if loads[s.instance_id][1] == math.inf]
+        if safe:
+            best = min(safe, key=lambda s: (loads[s.instance_id][0], s.instance_id))
+        else:
+            best = min(
+                fits or list(snapshots),
+                key=lambda s: (-loads[s.instance_id][1], loads[s.instance_id][0], s.instance_id),
+            )
         return best.instance_id, cursor
 
     dispatch.__name__ = f"star_dispatch_{weighting.mode}"
-    dispatch.__doc__ = f"Lowest STAR score after adding the request ({weighting.mode} weight)."
+    dispatch.__doc__ = (
+        f"Lowest STAR score after adding the request ({weighting.mode} weight), among the "
+        "instances predicted never to run out of KV (else the one that runs out last)."
+    )
     return dispatch
 
 

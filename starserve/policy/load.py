@@ -93,12 +93,14 @@ class StarContext:
 
     horizon: float
     weight: float
+    uses_predictions: bool = True  # False: the current-load-only ablation
 
 
 def star_context(snapshots: Sequence[InstanceSnapshot], weighting: StarWeighting) -> StarContext:
     return StarContext(
         horizon=cluster_horizon(snapshots),
         weight=weighting.weight(cluster_utilization(snapshots)),
+        uses_predictions=weighting.mode != "current",
     )
 
 
@@ -118,8 +120,41 @@ def peak_tokens(items: Sequence[tuple[float, float]], base_tokens: float = 0.0) 
     return peak
 
 
+def overflow_steps(
+    items: Sequence[tuple[float, float]], capacity_tokens: float, base_tokens: float = 0.0
+) -> float:
+    """Decode steps until the (context, remaining) sequences outgrow `capacity_tokens` if no
+    new work arrives (inf: never; 0: already). Between two predicted finishes K(t) grows by
+    one token per live sequence per step; every finish frees that sequence's tokens."""
+    ordered = sorted(items, key=lambda item: item[1])
+    live_context = base_tokens + sum(context for context, _ in ordered)
+    if live_context > capacity_tokens:
+        return 0.0
+    start = 0.0
+    for index, (context, remaining) in enumerate(ordered):
+        alive = len(ordered) - index
+        crossing = (capacity_tokens - live_context) / alive
+        if crossing < remaining:
+            return max(start, crossing)
+        start = remaining
+        live_context -= context
+    return math.inf
+
+
 def instance_items(snapshot: InstanceSnapshot) -> list[tuple[float, float]]:
-    return [(float(r.num_context_tokens), predicted_remaining(r)) for r in snapshot.requests]
+    """(context, predicted remaining) of the running and the incoming requests."""
+    return [
+        (float(r.num_context_tokens), predicted_remaining(r))
+        for group in (snapshot.requests, snapshot.incoming)
+        for r in group
+    ]
+
+
+def _untracked_waiting_tokens(snapshot: InstanceSnapshot) -> int:
+    """Waiting demand known only as a block count (when `incoming` is not filled in)."""
+    if snapshot.incoming:
+        return 0
+    return snapshot.num_waiting_blocks * snapshot.block_size
 
 
 def instance_score(snapshot: InstanceSnapshot, ctx: StarContext) -> float:
@@ -131,17 +166,30 @@ def score_of_items(
     snapshot: InstanceSnapshot, items: Sequence[tuple[float, float]], ctx: StarContext
 ) -> float:
     """Score of `snapshot` if its running sequences were `items` (what-if for moves)."""
-    waiting_tokens = snapshot.num_waiting_blocks * snapshot.block_size
+    return load_of_items(snapshot, items, ctx)[0]
+
+
+def load_of_items(
+    snapshot: InstanceSnapshot, items: Sequence[tuple[float, float]], ctx: StarContext
+) -> tuple[float, float]:
+    """(score, predicted steps until the KV blocks run out) if the running sequences were
+    `items`; inf steps when the prediction says they never will."""
+    capacity = max(1, snapshot.kv_capacity_tokens)
+    waiting_tokens = _untracked_waiting_tokens(snapshot)
     current = waiting_tokens + sum(context for context, _ in items)
     peak = peak_tokens(items, waiting_tokens)
     mixed = (1.0 - ctx.weight) * current + ctx.weight * peak
-    return mixed / max(1, snapshot.kv_capacity_tokens)
+    # the engine also keeps one partly filled block per sequence
+    usable = capacity - snapshot.block_size * len(items)
+    if not ctx.uses_predictions:  # nothing is known to finish: growth only
+        items = [(context, math.inf) for context, _ in items]
+    return mixed / capacity, overflow_steps(items, usable, waiting_tokens)
 
 
-def star_dispatch_scores(
+def star_dispatch_loads(
     snapshots: Sequence[InstanceSnapshot], request: NewRequest, weighting: StarWeighting
-) -> dict[int, float]:
-    """Each instance's STAR score if `request` were placed there."""
+) -> dict[int, tuple[float, float]]:
+    """Each instance's (STAR score, predicted steps to KV exhaustion) with `request` added."""
     ctx = star_context(snapshots, weighting)
     remaining = (
         ctx.horizon
@@ -149,6 +197,4 @@ def star_dispatch_scores(
         else max(0.0, request.predicted_output_tokens)
     )
     new_item = (float(request.num_prompt_tokens), remaining)
-    return {
-        s.instance_id: score_of_items(s, [*instance_items(s), new_item], ctx) for s in snapshots
-    }
+    return {s.instance_id: load_of_items(s, [*instance_items(s), new_item], ctx) for s in snapshots}

@@ -17,6 +17,7 @@ from starserve.policy.load import (
     instance_items,
     instance_score,
     llumnix_freeness,
+    load_of_items,
     predicted_remaining,
     score_of_items,
     star_context,
@@ -84,10 +85,11 @@ class StarRebalanceParams:
 
     weighting: StarWeighting = StarWeighting("dynamic")
     imbalance_threshold: float = 0.1  # score distance from the mean that makes a src/dst
-    urgent_free_blocks_per_request: float = LLUMNIX_MIGRATE_OUT_FREENESS  # about to run out
+    urgent_steps: float = 48.0  # predicted steps to KV exhaustion that call for relief (3 blocks)
     min_remaining_tokens: float = 16.0  # a request about to finish is not worth moving
     min_gain: float = 0.01  # a move must lower the pair's peak score by this much
     max_candidates: int = 8  # what-if evaluations per pair (keeps a round O(n log n))
+    destination_headroom: float = 0.02  # keep free on dst: vLLM's 1% watermark + growth
 
 
 def _blocks(num_tokens: int, block_size: int) -> int:
@@ -104,7 +106,8 @@ def best_request_to_move(
     """Among src's `max_candidates` largest requests (context + predicted remaining) that fit
     dst and are not about to finish, the one whose move leaves max(src score, dst score)
     lowest; None unless that beats src's score today by `min_gain`."""
-    free_blocks = dst.num_free_blocks - dst.num_waiting_blocks
+    headroom = int(params.destination_headroom * dst.num_total_blocks)
+    free_blocks = dst.num_free_blocks - dst.num_waiting_blocks - headroom
     eligible = [
         r
         for r in src.requests
@@ -123,18 +126,42 @@ def best_request_to_move(
         src_after = score_of_items(
             src, [v for k, v in src_items.items() if k != request.request_id], ctx
         )
-        dst_after = score_of_items(dst, [*dst_items, moved], ctx)
+        dst_after, dst_overflow = load_of_items(dst, [*dst_items, moved], ctx)
+        if dst_overflow < params.urgent_steps * 4:  # would soon press the destination
+            continue
         peak = max(src_after, dst_after)
         if peak < best_peak:
             best, best_peak = request, peak
     return best
 
 
+def relief_request(
+    src: InstanceSnapshot, dst: InstanceSnapshot, params: StarRebalanceParams
+) -> RequestLoad | None:
+    """For an instance about to run out of blocks: the request with the most predicted growth
+    still to come (moving it relieves the source longest) that fits dst with headroom."""
+    headroom = int(params.destination_headroom * dst.num_total_blocks)
+    free_blocks = dst.num_free_blocks - dst.num_waiting_blocks - headroom
+    eligible = [
+        r
+        for r in src.requests
+        if predicted_remaining(r) >= params.min_remaining_tokens
+        and _blocks(r.num_context_tokens, dst.block_size) <= free_blocks
+    ]
+    if not eligible:
+        return None
+    return max(
+        eligible, key=lambda r: (predicted_remaining(r), -r.num_context_tokens, r.request_id)
+    )
+
+
 def star_plan(
     snapshots: Sequence[InstanceSnapshot], params: StarRebalanceParams
 ) -> list[MigrationDecision]:
-    """Pair the highest-scoring instances with the lowest-scoring ones (preempting instances
-    are sources first) and move, per pair, the request that best evens their scores."""
+    """Two passes. Relief: instances about to run out of blocks (or preempting) send their
+    fastest-growing request to the instances with the most free blocks. Balance: the
+    highest-scoring remaining instances send, each to one of the lowest-scoring ones, the
+    request that best evens the pair's scores."""
     if len(snapshots) < 2:
         return []
     ctx = star_context(snapshots, params.weighting)
@@ -142,22 +169,35 @@ def star_plan(
     mean = sum(scores.values()) / len(scores)
     idle = _idle(snapshots)
 
-    def urgent(s: InstanceSnapshot) -> bool:
-        return s.num_preempted > 0 or llumnix_freeness(s) < params.urgent_free_blocks_per_request
+    overflow = {s.instance_id: load_of_items(s, instance_items(s), ctx)[1] for s in snapshots}
 
+    def urgent(s: InstanceSnapshot) -> bool:
+        return s.num_preempted > 0 or overflow[s.instance_id] < params.urgent_steps
+
+    decisions: list[MigrationDecision] = []
+    used: set[int] = set()
+    pressed = sorted(
+        (s for s in idle if s.requests and urgent(s)),
+        key=lambda s: (-s.num_preempted, overflow[s.instance_id], s.instance_id),
+    )
+    roomy = sorted(
+        (s for s in idle if not urgent(s)),
+        key=lambda s: (-overflow[s.instance_id], -s.num_free_blocks, s.instance_id),
+    )
+    for src, dst in zip(pressed, roomy, strict=False):
+        request = relief_request(src, dst, params)
+        if request is not None:
+            decisions.append(
+                MigrationDecision(request.request_id, src.instance_id, dst.instance_id)
+            )
+            used.update((src.instance_id, dst.instance_id))
+    free = [s for s in idle if s.instance_id not in used and not urgent(s)]
     sources = [
-        s
-        for s in idle
-        if s.requests and (urgent(s) or scores[s.instance_id] > mean + params.imbalance_threshold)
+        s for s in free if s.requests and scores[s.instance_id] > mean + params.imbalance_threshold
     ]
-    sources.sort(key=lambda s: (not urgent(s), -scores[s.instance_id], s.instance_id))
-    dests = [
-        s
-        for s in idle
-        if not urgent(s) and scores[s.instance_id] < mean - params.imbalance_threshold
-    ]
+    sources.sort(key=lambda s: (-scores[s.instance_id], s.instance_id))
+    dests = [s for s in free if scores[s.instance_id] < mean - params.imbalance_threshold]
     dests.sort(key=lambda s: (scores[s.instance_id], s.instance_id))
-    decisions = []
     for src, dst in zip(sources, dests, strict=False):
         request = best_request_to_move(src, dst, scores, ctx, params)
         if request is not None:

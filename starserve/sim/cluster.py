@@ -30,6 +30,7 @@ class MigrationStats:
     num_started: int = 0
     num_finished: int = 0
     num_aborted: int = 0
+    num_aborted_by_destination: int = 0  # no room left on the destination
     num_bytes: int = 0
 
 
@@ -167,6 +168,7 @@ class ClusterSim:
         instance = self.decode[request.instance_id]
 
         def arrive() -> None:
+            del instance.transferring[request.request_id]
             instance.release(instance.blocks_for(request.num_prompt_tokens + request.num_generated))
             instance.join(request)
 
@@ -212,11 +214,11 @@ class ClusterSim:
         self._kick(migration.src, lambda: holder.append(migration.start()))
         duration_s = holder[0]
         if duration_s is None:
-            self.migrations.num_aborted += 1
+            self._end_migration(migration)
             return
         self._migrating.update((migration.src.instance_id, migration.dst.instance_id))
         self.migrations.num_bytes += migration.num_copied_tokens * self.link.kv_bytes_per_token
-        self._push(self.now_s + duration_s, STAGE_END, migration)
+        self._push(migration.src.clock_s + duration_s, STAGE_END, migration)
 
     def _on_stage_end(self, payload: object) -> None:
         migration = payload
@@ -234,7 +236,8 @@ class ClusterSim:
             return
         copied = migration.num_copied_tokens - copied_before
         self.migrations.num_bytes += copied * self.link.kv_bytes_per_token
-        self._push(self.now_s + duration_s, STAGE_END, migration)
+        # stages start at the source's step boundary: the final one after its last token
+        self._push(migration.src.clock_s + duration_s, STAGE_END, migration)
 
     def _end_migration(self, migration: Migration) -> None:
         self._migrating.discard(migration.src.instance_id)
@@ -243,6 +246,8 @@ class ClusterSim:
             self.migrations.num_finished += 1
         else:
             self.migrations.num_aborted += 1
+            if migration.status is MigrationStatus.ABORTED_DST:
+                self.migrations.num_aborted_by_destination += 1
 
     def _on_timeline(self, _: object) -> None:
         if self._num_finished < len(self.requests):

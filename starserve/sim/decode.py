@@ -36,6 +36,7 @@ class DecodeInstance:
     watermark_blocks: int
     running: dict[str, SimRequest] = field(default_factory=dict)
     waiting: deque[SimRequest] = field(default_factory=deque)
+    transferring: dict[str, SimRequest] = field(default_factory=dict)  # P->D KV in flight
     steps_done: int = 0
     num_kv_tokens: int = 0  # K: context tokens of the running sequences
     num_reserved_blocks: int = 0  # incoming P->D transfers and migrations
@@ -183,6 +184,7 @@ class DecodeInstance:
             else:
                 self.reserve(blocks)
                 request.status = RequestStatus.TRANSFERRING
+                self.transferring[request.request_id] = request
                 transfers.append(request)
         return transfers
 

@@ -13,7 +13,7 @@ from starserve.sim.build import build_cluster, capacity_tokens, make_sampler
 from starserve.sim.cluster import ClusterSim, Timeline
 from starserve.sim.config import Scenario, WorkloadConfig
 from starserve.sim.records import request_records
-from starserve.workload import WorkloadRequest, apply_arrivals, load_workload
+from starserve.workload import WorkloadRequest, apply_arrivals, load_workload, rescale_rate
 
 
 @dataclass(slots=True)
@@ -46,22 +46,24 @@ def scenario_requests(
     rate_per_s: float | None = None,
     num_requests: int | None = None,
     base: Sequence[WorkloadRequest] | None = None,
+    rate_scale: float = 1.0,
 ) -> list[WorkloadRequest]:
-    """The scenario's request stream (or `base`, e.g. a user trace) at `rate_per_s`."""
+    """The scenario's request stream (or `base`, e.g. a user trace) at `rate_per_s`
+    (default: the scenario's rate, or a trace's own timestamps, times `rate_scale`)."""
     config = scenario.workload
-    requests = (
-        list(base)
-        if base is not None
-        else load_workload(
-            config.name, num_requests=num_requests or config.num_requests, seed=config.seed
-        )
-    )
+    if base is not None:
+        requests = list(base)
+    else:
+        count = num_requests or config.num_requests
+        requests = load_workload(config.name, num_requests=count, seed=config.seed)
     requests = _clip(requests, config)
-    rate = rate_per_s if rate_per_s is not None else config.rate_per_s
-    arrival = config.arrival
-    if arrival == "trace" and rate_per_s is None and base is None:
-        rate = None  # the trace's own timestamps
-    return apply_arrivals(requests, arrival, rate_per_s=rate, cv=config.cv, seed=config.seed)
+    if rate_per_s is None and config.rate_per_s is not None:
+        rate_per_s = config.rate_per_s * rate_scale
+        rate_scale = 1.0
+    timed = apply_arrivals(
+        requests, config.arrival, rate_per_s=rate_per_s, cv=config.cv, seed=config.seed
+    )
+    return timed if rate_scale == 1.0 else rescale_rate(timed, rate_scale)
 
 
 def counters(sim: ClusterSim) -> dict[str, int]:
@@ -73,6 +75,7 @@ def counters(sim: ClusterSim) -> dict[str, int]:
         "migrations": sim.migrations.num_finished,
         "migrations_started": sim.migrations.num_started,
         "migrations_aborted": sim.migrations.num_aborted,
+        "migrations_aborted_by_destination": sim.migrations.num_aborted_by_destination,
         "migration_bytes": sim.migrations.num_bytes,
     }
 

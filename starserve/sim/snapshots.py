@@ -63,6 +63,17 @@ def snapshot(
                     predicted_remaining_tokens=predictor.remaining(request, generated),
                 )
             )
+    incoming = []
+    for group in (instance.waiting, instance.transferring.values()):
+        for request in group:
+            incoming.append(
+                RequestLoad(
+                    request_id=request.request_id,
+                    num_context_tokens=request.num_prompt_tokens + request.num_generated,
+                    num_generated_tokens=request.num_generated,
+                    predicted_remaining_tokens=predictor.remaining(request, request.num_generated),
+                )
+            )
     free = instance.num_total_blocks - instance.num_used_blocks_at(now_s)
     waiting_blocks = instance.waiting_blocks() if instance.waiting else 0
     return InstanceSnapshot(
@@ -75,6 +86,7 @@ def snapshot(
         requests=tuple(loads),
         is_migrating=is_migrating,
         num_waiting_blocks=waiting_blocks,
+        incoming=tuple(incoming),
     )
 
 
