@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from operator import itemgetter
 from typing import Literal
 
 from starserve.policy.types import InstanceSnapshot, NewRequest, RequestLoad
@@ -141,6 +142,28 @@ def overflow_steps(
     return math.inf
 
 
+def future_profile(
+    items: Sequence[tuple[float, float]], capacity_tokens: float, base_tokens: float = 0.0
+) -> tuple[float, float]:
+    """(`peak_tokens`, `overflow_steps`) in one sort: what policies evaluate per instance."""
+    ordered = sorted(items, key=itemgetter(1))
+    live = base_tokens + sum(context for context, _ in ordered)
+    peak = live
+    overflow = 0.0 if live > capacity_tokens else math.inf
+    start = 0.0
+    alive = len(ordered)
+    for context, remaining in ordered:
+        top = live + alive * remaining
+        if top > peak:
+            peak = top
+        if overflow == math.inf and top > capacity_tokens:
+            overflow = max(start, (capacity_tokens - live) / alive)
+        start = remaining
+        live -= context
+        alive -= 1
+    return peak, overflow
+
+
 def instance_items(snapshot: InstanceSnapshot) -> list[tuple[float, float]]:
     """(context, predicted remaining) of the running and the incoming requests."""
     return [
@@ -177,13 +200,14 @@ def load_of_items(
     capacity = max(1, snapshot.kv_capacity_tokens)
     waiting_tokens = _untracked_waiting_tokens(snapshot)
     current = waiting_tokens + sum(context for context, _ in items)
-    peak = peak_tokens(items, waiting_tokens)
-    mixed = (1.0 - ctx.weight) * current + ctx.weight * peak
     # the engine also keeps one partly filled block per sequence
     usable = capacity - snapshot.block_size * len(items)
+    peak, overflow = future_profile(items, usable, waiting_tokens)
     if not ctx.uses_predictions:  # nothing is known to finish: growth only
-        items = [(context, math.inf) for context, _ in items]
-    return mixed / capacity, overflow_steps(items, usable, waiting_tokens)
+        room = usable - current
+        overflow = 0.0 if room < 0 else (room / len(items) if items else math.inf)
+    mixed = (1.0 - ctx.weight) * current + ctx.weight * peak
+    return mixed / capacity, overflow
 
 
 def star_dispatch_loads(

@@ -15,7 +15,6 @@ from starserve.policy.load import (
     StarContext,
     StarWeighting,
     instance_items,
-    instance_score,
     llumnix_freeness,
     load_of_items,
     predicted_remaining,
@@ -165,11 +164,11 @@ def star_plan(
     if len(snapshots) < 2:
         return []
     ctx = star_context(snapshots, params.weighting)
-    scores = {s.instance_id: instance_score(s, ctx) for s in snapshots}
+    loads = {s.instance_id: load_of_items(s, instance_items(s), ctx) for s in snapshots}
+    scores = {i: load[0] for i, load in loads.items()}
+    overflow = {i: load[1] for i, load in loads.items()}
     mean = sum(scores.values()) / len(scores)
     idle = _idle(snapshots)
-
-    overflow = {s.instance_id: load_of_items(s, instance_items(s), ctx)[1] for s in snapshots}
 
     def urgent(s: InstanceSnapshot) -> bool:
         return s.num_preempted > 0 or overflow[s.instance_id] < params.urgent_steps

@@ -53,6 +53,7 @@ class SimRequest:
     intervals: list[DecodeInterval] = field(default_factory=list)
     # prediction state (log ratio kept while the progress bucket stays the same)
     log_ratio: float = 0.0
+    ratio_factor: float = 1.0  # exp(log_ratio)
     ratio_bucket: int = -1
     num_preemptions: int = 0
     num_migrations: int = 0

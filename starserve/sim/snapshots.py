@@ -6,13 +6,14 @@ take one), exactly what the Ray controller gets from polling real engines.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 
 from starserve.policy import InstanceSnapshot, NewRequest, PredictorKind, RequestLoad
 from starserve.sim.decode import DecodeInstance
-from starserve.sim.predictor import LogRatioSampler, predicted_from_log_ratio
+from starserve.sim.predictor import LogRatioSampler
 from starserve.sim.request import SimRequest
 
 
@@ -34,8 +35,10 @@ class SimPredictor:
         bucket = self.sampler.bucket(progress)
         if bucket != request.ratio_bucket:
             request.log_ratio = self.sampler.sample(progress, self.rng)
+            request.ratio_factor = math.exp(request.log_ratio)
             request.ratio_bucket = bucket
-        return predicted_from_log_ratio(true_remaining, request.log_ratio)
+        # predicted_from_log_ratio with exp(r) cached on the request
+        return max(0.0, (true_remaining + 1.0) * request.ratio_factor - 1.0)
 
     def new_request(self, request: SimRequest) -> NewRequest:
         """What dispatch sees of a request whose prefill produced its first token."""
@@ -57,10 +60,10 @@ def snapshot(
             generated = request.generated_at(steps)
             loads.append(
                 RequestLoad(
-                    request_id=request.request_id,
-                    num_context_tokens=request.num_prompt_tokens + generated,
-                    num_generated_tokens=generated,
-                    predicted_remaining_tokens=predictor.remaining(request, generated),
+                    request.request_id,
+                    request.num_prompt_tokens + generated,
+                    generated,
+                    predictor.remaining(request, generated),
                 )
             )
     incoming = []
