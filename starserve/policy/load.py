@@ -18,7 +18,7 @@ share.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from operator import itemgetter
 from typing import Literal
@@ -66,19 +66,20 @@ def llumnix_dispatch_freeness(snapshot: InstanceSnapshot) -> float:
 def predicted_remaining(request: RequestLoad) -> float:
     """The request's predicted remaining tokens; without a prediction yet, as many as it has
     generated so far (at least 1) — the median-unbiased guess for a heavy-tailed length."""
-    if request.predicted_remaining_tokens is not None:
-        return max(0.0, request.predicted_remaining_tokens)
-    return float(max(1, request.num_generated_tokens))
+    predicted = request.predicted_remaining_tokens
+    if predicted is not None:
+        return predicted if predicted > 0.0 else 0.0
+    generated = request.num_generated_tokens
+    return float(generated if generated > 1 else 1)
 
 
-def cluster_horizon(snapshots: Sequence[InstanceSnapshot]) -> float:
-    """H: mean predicted remaining length of all running requests (at least 1)."""
+def cluster_horizon(items_by_instance: Mapping[int, Sequence[tuple[float, float]]]) -> float:
+    """H: mean predicted remaining length of all requests (at least 1)."""
     total = 0.0
     count = 0
-    for snapshot in snapshots:
-        for request in snapshot.requests:
-            total += predicted_remaining(request)
-            count += 1
+    for items in items_by_instance.values():
+        total += sum(map(itemgetter(1), items))
+        count += len(items)
     return max(1.0, total / count) if count else 1.0
 
 
@@ -97,9 +98,15 @@ class StarContext:
     uses_predictions: bool = True  # False: the current-load-only ablation
 
 
-def star_context(snapshots: Sequence[InstanceSnapshot], weighting: StarWeighting) -> StarContext:
+def star_context(
+    snapshots: Sequence[InstanceSnapshot],
+    weighting: StarWeighting,
+    items_by_instance: Mapping[int, Sequence[tuple[float, float]]] | None = None,
+) -> StarContext:
+    """This round's H and w (pass `cluster_items(snapshots)` if already computed)."""
+    items = items_by_instance if items_by_instance is not None else cluster_items(snapshots)
     return StarContext(
-        horizon=cluster_horizon(snapshots),
+        horizon=cluster_horizon(items),
         weight=weighting.weight(cluster_utilization(snapshots)),
         uses_predictions=weighting.mode != "current",
     )
@@ -147,7 +154,7 @@ def future_profile(
 ) -> tuple[float, float]:
     """(`peak_tokens`, `overflow_steps`) in one sort: what policies evaluate per instance."""
     ordered = sorted(items, key=itemgetter(1))
-    live = base_tokens + sum(context for context, _ in ordered)
+    live = base_tokens + sum(map(itemgetter(0), ordered))
     peak = live
     overflow = 0.0 if live > capacity_tokens else math.inf
     start = 0.0
@@ -166,11 +173,15 @@ def future_profile(
 
 def instance_items(snapshot: InstanceSnapshot) -> list[tuple[float, float]]:
     """(context, predicted remaining) of the running and the incoming requests."""
-    return [
-        (float(r.num_context_tokens), predicted_remaining(r))
-        for group in (snapshot.requests, snapshot.incoming)
-        for r in group
-    ]
+    items = [(r.num_context_tokens, predicted_remaining(r)) for r in snapshot.requests]
+    if snapshot.incoming:
+        items += [(r.num_context_tokens, predicted_remaining(r)) for r in snapshot.incoming]
+    return items  # type: ignore[return-value]  # int contexts are fine where floats are
+
+
+def cluster_items(snapshots: Sequence[InstanceSnapshot]) -> dict[int, list[tuple[float, float]]]:
+    """`instance_items` of every instance, by instance id (computed once per round)."""
+    return {s.instance_id: instance_items(s) for s in snapshots}
 
 
 def _untracked_waiting_tokens(snapshot: InstanceSnapshot) -> int:
@@ -199,7 +210,7 @@ def load_of_items(
     `items`; inf steps when the prediction says they never will."""
     capacity = max(1, snapshot.kv_capacity_tokens)
     waiting_tokens = _untracked_waiting_tokens(snapshot)
-    current = waiting_tokens + sum(context for context, _ in items)
+    current = waiting_tokens + sum(map(itemgetter(0), items))
     # the engine also keeps one partly filled block per sequence
     usable = capacity - snapshot.block_size * len(items)
     peak, overflow = future_profile(items, usable, waiting_tokens)
@@ -214,11 +225,14 @@ def star_dispatch_loads(
     snapshots: Sequence[InstanceSnapshot], request: NewRequest, weighting: StarWeighting
 ) -> dict[int, tuple[float, float]]:
     """Each instance's (STAR score, predicted steps to KV exhaustion) with `request` added."""
-    ctx = star_context(snapshots, weighting)
+    items = cluster_items(snapshots)
+    ctx = star_context(snapshots, weighting, items)
     remaining = (
         ctx.horizon
         if request.predicted_output_tokens is None
         else max(0.0, request.predicted_output_tokens)
     )
     new_item = (float(request.num_prompt_tokens), remaining)
-    return {s.instance_id: load_of_items(s, [*instance_items(s), new_item], ctx) for s in snapshots}
+    return {
+        s.instance_id: load_of_items(s, [*items[s.instance_id], new_item], ctx) for s in snapshots
+    }

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from starserve.policy.load import (
     StarContext,
     StarWeighting,
+    cluster_items,
     instance_items,
     llumnix_freeness,
     load_of_items,
@@ -163,8 +164,9 @@ def star_plan(
     request that best evens the pair's scores."""
     if len(snapshots) < 2:
         return []
-    ctx = star_context(snapshots, params.weighting)
-    loads = {s.instance_id: load_of_items(s, instance_items(s), ctx) for s in snapshots}
+    items = cluster_items(snapshots)
+    ctx = star_context(snapshots, params.weighting, items)
+    loads = {s.instance_id: load_of_items(s, items[s.instance_id], ctx) for s in snapshots}
     scores = {i: load[0] for i, load in loads.items()}
     overflow = {i: load[1] for i, load in loads.items()}
     mean = sum(scores.values()) / len(scores)
