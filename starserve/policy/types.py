@@ -31,6 +31,18 @@ class InstanceSnapshot:
     num_preempted: int  # waiting requests that were preempted (Llumnix treats them as overload)
     requests: tuple[RequestLoad, ...]  # running requests
     is_migrating: bool = False  # a migration in flight with this instance as source or dest
+    num_waiting_blocks: int = 0  # KV blocks the waiting (incl. preempted) requests will need
+    # requests dispatched here that do not decode yet (waiting for blocks, preempted, or KV in
+    # transfer), when the controller knows them; predictive policies count their growth
+    incoming: tuple[RequestLoad, ...] = ()
+
+    @property
+    def num_used_blocks(self) -> int:
+        return self.num_total_blocks - self.num_free_blocks
+
+    @property
+    def kv_capacity_tokens(self) -> int:
+        return self.num_total_blocks * self.block_size
 
 
 @dataclass(frozen=True, slots=True)

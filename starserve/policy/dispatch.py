@@ -1,0 +1,104 @@
+"""Dispatch policies: which decode instance receives a request that has finished prefill.
+
+Every dispatch function has the same signature,
+`(snapshots, request, cursor) -> (instance_id, next_cursor)`: pure, no hidden state. The only
+state any of them needs (round robin's position) is the integer `cursor`, passed in and
+returned; `starserve.policy.registry.PolicyRunner` keeps it between calls for its owner.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+from starserve.policy.load import (
+    StarWeighting,
+    llumnix_dispatch_freeness,
+    star_dispatch_loads,
+)
+from starserve.policy.types import InstanceSnapshot, NewRequest
+
+DispatchFn = Callable[[Sequence[InstanceSnapshot], NewRequest, int], tuple[int, int]]
+
+
+def _require_instances(snapshots: Sequence[InstanceSnapshot]) -> None:
+    if not snapshots:
+        raise ValueError("dispatch needs at least one decode instance")
+
+
+def round_robin(
+    snapshots: Sequence[InstanceSnapshot], request: NewRequest, cursor: int
+) -> tuple[int, int]:
+    """vLLM's toy disaggregated proxy: instances in turn, blind to load."""
+    _require_instances(snapshots)
+    return snapshots[cursor % len(snapshots)].instance_id, cursor + 1
+
+
+def least_current_load(
+    snapshots: Sequence[InstanceSnapshot], request: NewRequest, cursor: int
+) -> tuple[int, int]:
+    """KV-cache-aware routing (llm-d, SGLang router, Dynamo): fewest KV tokens in use.
+
+    Blocks already promised to waiting requests count as used; ties go to the lower id.
+    """
+    _require_instances(snapshots)
+    best = min(
+        snapshots,
+        key=lambda s: ((s.num_used_blocks + s.num_waiting_blocks) * s.block_size, s.instance_id),
+    )
+    return best.instance_id, cursor
+
+
+def llumnix_most_free(
+    snapshots: Sequence[InstanceSnapshot], request: NewRequest, cursor: int
+) -> tuple[int, int]:
+    """Llumnix's own dispatch: the instance with the highest freeness (free blocks left after
+    the waiting requests' demand, per request)."""
+    _require_instances(snapshots)
+    best = max(snapshots, key=lambda s: (llumnix_dispatch_freeness(s), -s.instance_id))
+    return best.instance_id, cursor
+
+
+def _star_dispatch(weighting: StarWeighting) -> DispatchFn:
+    def dispatch(
+        snapshots: Sequence[InstanceSnapshot], request: NewRequest, cursor: int
+    ) -> tuple[int, int]:
+        _require_instances(snapshots)
+        loads = star_dispatch_loads(snapshots, request, weighting)
+        fits = [
+            s
+            for s in snapshots
+            if s.num_free_blocks - s.num_waiting_blocks
+            >= math.ceil(request.num_prompt_tokens / s.block_size)
+        ]
+        # where no placement is predicted to stay clear of KV exhaustion, delay it longest
+        safe = [s for s in fits if loads[s.instance_id][1] == math.inf]
+        if safe:
+            best = min(safe, key=lambda s: (loads[s.instance_id][0], s.instance_id))
+        else:
+            best = min(
+                fits or list(snapshots),
+                key=lambda s: (-loads[s.instance_id][1], loads[s.instance_id][0], s.instance_id),
+            )
+        return best.instance_id, cursor
+
+    dispatch.__name__ = f"star_dispatch_{weighting.mode}"
+    dispatch.__doc__ = (
+        f"Lowest STAR score after adding the request ({weighting.mode} weight), among the "
+        "instances predicted never to run out of KV (else the one that runs out last)."
+    )
+    return dispatch
+
+
+star_dynamic = _star_dispatch(StarWeighting("dynamic"))
+star_current_only = _star_dispatch(StarWeighting("current"))
+least_predicted_load = _star_dispatch(StarWeighting("predicted"))
+
+DISPATCH_POLICIES: dict[str, DispatchFn] = {
+    "round_robin": round_robin,
+    "least_current_load": least_current_load,
+    "least_predicted_load": least_predicted_load,
+    "llumnix": llumnix_most_free,
+    "star": star_dynamic,
+    "star_current_only": star_current_only,
+}

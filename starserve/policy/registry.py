@@ -1,0 +1,158 @@
+"""The policy registry: each policy name maps to its (dispatch, rebalance, predictor) triple.
+
+The simulator and the Ray controller both look policies up here and run them through a
+`PolicyRunner`, the only place that keeps state between calls (round robin's cursor).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from starserve.errors import StarserveError
+from starserve.policy.dispatch import DISPATCH_POLICIES, DispatchFn
+from starserve.policy.rebalance import REBALANCE_POLICIES, RebalanceFn
+from starserve.policy.types import InstanceSnapshot, MigrationDecision, NewRequest
+
+# What fills RequestLoad.predicted_remaining_tokens: nothing, the predictor, or the truth.
+PredictorKind = Literal["none", "model", "oracle"]
+
+# Llumnix polls instance loads every 50 ms (llumnix `--polling-interval` default 0.05 s).
+DEFAULT_POLL_INTERVAL_S = 0.05
+
+
+@dataclass(frozen=True, slots=True)
+class PolicySpec:
+    """A complete decode-scheduling policy."""
+
+    name: str
+    dispatch_name: str
+    rebalance_name: str
+    predictor: PredictorKind
+    description: str
+    poll_interval_s: float = DEFAULT_POLL_INTERVAL_S
+
+    @property
+    def dispatch(self) -> DispatchFn:
+        return DISPATCH_POLICIES[self.dispatch_name]
+
+    @property
+    def rebalance(self) -> RebalanceFn:
+        return REBALANCE_POLICIES[self.rebalance_name]
+
+    @property
+    def migrates(self) -> bool:
+        return self.rebalance_name != "none"
+
+    def bind(self) -> PolicyRunner:
+        """A fresh runner with its own cursor (one per controller or simulation)."""
+        return PolicyRunner(self)
+
+
+@dataclass(slots=True)
+class PolicyRunner:
+    """Calls one policy's pure functions, carrying round robin's cursor between calls."""
+
+    spec: PolicySpec
+    cursor: int = 0
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    def dispatch(self, snapshots: Sequence[InstanceSnapshot], request: NewRequest) -> int:
+        """The decode instance id for `request`."""
+        instance_id, self.cursor = self.spec.dispatch(snapshots, request, self.cursor)
+        return instance_id
+
+    def plan_migrations(self, snapshots: Sequence[InstanceSnapshot]) -> list[MigrationDecision]:
+        """This round's migrations (empty for policies that never migrate)."""
+        return self.spec.rebalance(snapshots)
+
+
+def _spec(
+    name: str, dispatch: str, rebalance: str, predictor: PredictorKind, text: str
+) -> PolicySpec:
+    return PolicySpec(name, dispatch, rebalance, predictor, text)
+
+
+POLICIES: dict[str, PolicySpec] = {
+    spec.name: spec
+    for spec in (
+        _spec(
+            "round_robin",
+            "round_robin",
+            "none",
+            "none",
+            "static PD: round-robin dispatch, no migration (vLLM's proxy)",
+        ),
+        _spec(
+            "least_current_load",
+            "least_current_load",
+            "none",
+            "none",
+            "dispatch to the fewest KV tokens in use, no migration (llm-d, SGLang, Dynamo)",
+        ),
+        _spec(
+            "least_predicted_load",
+            "least_predicted_load",
+            "none",
+            "model",
+            "dispatch to the least predicted future KV load, no migration",
+        ),
+        _spec(
+            "llumnix",
+            "llumnix",
+            "llumnix",
+            "none",
+            "Llumnix: most-free dispatch, freeness-threshold defrag migration",
+        ),
+        _spec(
+            "star",
+            "star",
+            "star",
+            "model",
+            "STAR: current + predicted load with a dynamic weight, dispatch and migration",
+        ),
+        _spec("oracle", "star", "star", "oracle", "STAR fed exact remaining lengths (upper bound)"),
+        _spec(
+            "star_no_migration",
+            "star",
+            "none",
+            "model",
+            "ablation: STAR dispatch only, no migration (TetriInfer-like)",
+        ),
+        _spec(
+            "star_current_only",
+            "star_current_only",
+            "star_current_only",
+            "model",
+            "ablation: STAR on current load only (w = 0)",
+        ),
+        _spec(
+            "star_predicted_only",
+            "least_predicted_load",
+            "star_predicted_only",
+            "model",
+            "ablation: STAR on predicted load only (w = 1)",
+        ),
+    )
+}
+
+
+def get_policy(name: str) -> PolicySpec:
+    """The named policy; an unknown name is a one-line `StarserveError`."""
+    if name not in POLICIES:
+        raise StarserveError(f"unknown policy {name!r}; choose from {', '.join(POLICIES)}")
+    return POLICIES[name]
+
+
+def parse_policy_list(text: str) -> list[str]:
+    """`a,b,c` -> validated names, in order, without duplicates."""
+    names = [part.strip() for part in text.split(",") if part.strip()]
+    if not names:
+        raise StarserveError("--policies: give at least one policy name")
+    for name in names:
+        get_policy(name)
+    return list(dict.fromkeys(names))

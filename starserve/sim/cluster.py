@@ -1,0 +1,258 @@
+"""The discrete-event loop of a PD-disaggregated cluster (Vidur's shape: pop the earliest
+event, set the clock, let its handler push follow-ups).
+
+Data flows one way: arrivals -> prefill instances -> dispatch policy -> decode instances ->
+finished requests. The rebalance policy runs every poll interval on snapshots; instances never
+call upward. Idle time is skipped: nothing happens between events, and a decode instance's
+run of identical iterations is one event (see chunk.py).
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from starserve.policy import InstanceSnapshot, PolicyRunner, PolicySpec
+from starserve.sim.decode import DecodeInstance
+from starserve.sim.migration import Migration, MigrationLink, MigrationStatus
+from starserve.sim.prefill import PrefillInstance
+from starserve.sim.request import RequestStatus, SimRequest
+from starserve.sim.snapshots import SimPredictor, light_snapshot, snapshot
+
+ARRIVAL, PREFILL_END, TRANSFER_END, CHUNK_END, POLL, STAGE_END, TIMELINE = range(7)
+LIGHT_DISPATCH = {"round_robin", "least_current_load"}
+
+
+@dataclass(slots=True)
+class MigrationStats:
+    num_started: int = 0
+    num_finished: int = 0
+    num_aborted: int = 0
+    num_aborted_by_destination: int = 0  # no room left on the destination
+    num_bytes: int = 0
+
+
+@dataclass(slots=True)
+class Timeline:
+    """Per-instance KV utilisation sampled every `interval_s`."""
+
+    interval_s: float
+    times_s: list[float] = field(default_factory=list)
+    kv_utilization: list[list[float]] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class ClusterSim:
+    policy: PolicySpec
+    prefill: list[PrefillInstance]
+    decode: list[DecodeInstance]
+    predictor: SimPredictor
+    link: MigrationLink
+    transfer_s: Callable[[int], float]  # P->D KV transfer time for a context length
+    poll_interval_s: float
+    timeline: Timeline
+    requests: list[SimRequest]
+    # passive listener called after every event (tests check invariants with it)
+    on_event: Callable[[ClusterSim], None] | None = None
+    runner: PolicyRunner = field(init=False)
+    now_s: float = 0.0
+    migrations: MigrationStats = field(default_factory=MigrationStats)
+    _events: list[tuple[float, int, int, object]] = field(default_factory=list)
+    _seq: itertools.count[int] = field(default_factory=itertools.count)
+    _migrating: set[int] = field(default_factory=set)
+    _num_finished: int = 0
+    _dispatch_cache: dict[int, InstanceSnapshot] = field(default_factory=dict)
+    _dispatch_cache_time_s: float = -1.0
+
+    def __post_init__(self) -> None:
+        self.runner = self.policy.bind()
+
+    def _push(self, time_s: float, kind: int, payload: object) -> None:
+        heapq.heappush(self._events, (time_s, next(self._seq), kind, payload))
+
+    def run(self) -> None:
+        """Simulate until every request has finished."""
+        for request in self.requests:
+            self._push(request.arrival_time_s, ARRIVAL, request)
+        if self.policy.migrates:
+            self._push(self.poll_interval_s, POLL, None)
+        self._push(0.0, TIMELINE, None)
+        handlers = {
+            ARRIVAL: self._on_arrival,
+            PREFILL_END: self._on_prefill_end,
+            TRANSFER_END: self._on_transfer_end,
+            CHUNK_END: self._on_chunk_end,
+            POLL: self._on_poll,
+            STAGE_END: self._on_stage_end,
+            TIMELINE: self._on_timeline,
+        }
+        events = self._events
+        while events:
+            time_s, _, kind, payload = heapq.heappop(events)
+            self.now_s = time_s
+            handlers[kind](payload)
+            if self.on_event is not None:
+                self.on_event(self)
+        unfinished = len(self.requests) - self._num_finished
+        if unfinished:
+            raise RuntimeError(f"simulation ended with {unfinished} unfinished requests")
+
+    # ---- request flow ------------------------------------------------------------------
+    def _on_arrival(self, request: object) -> None:
+        assert isinstance(request, SimRequest)
+        target = min(self.prefill, key=lambda p: (p.num_queued_tokens, p.instance_id))
+        target.enqueue(request)
+        self._start_prefill(target)
+
+    def _start_prefill(self, instance: PrefillInstance) -> None:
+        end_s = instance.start_iteration(self.now_s)
+        if end_s is not None:
+            self._push(end_s, PREFILL_END, instance)
+
+    def _on_prefill_end(self, instance: object) -> None:
+        assert isinstance(instance, PrefillInstance)
+        for request in instance.finish_iteration(self.now_s):
+            if request.num_generated >= request.num_output_tokens:
+                self._finish([request], self.now_s)
+            else:
+                self._dispatch(request)
+        self._start_prefill(instance)
+
+    def _dispatch(self, request: SimRequest) -> None:
+        snapshots = self._dispatch_snapshots()
+        instance_id = self.runner.dispatch(snapshots, self.predictor.new_request(request))
+        self._dispatch_cache.pop(instance_id, None)  # the controller counts what it sent
+        instance = self.decode[instance_id]
+        request.status = RequestStatus.DECODE_WAITING
+        request.instance_id = instance_id
+        instance.waiting.append(request)
+        self._kick(instance)
+
+    def _dispatch_snapshots(self) -> list[InstanceSnapshot]:
+        """Snapshots at most one poll interval old, as a polling controller holds them."""
+        if self.now_s - self._dispatch_cache_time_s > self.poll_interval_s:
+            self._dispatch_cache.clear()
+            self._dispatch_cache_time_s = self.now_s
+        light = self.policy.dispatch_name in LIGHT_DISPATCH
+        cache = self._dispatch_cache
+        for instance in self.decode:
+            if instance.instance_id not in cache:
+                cache[instance.instance_id] = (
+                    light_snapshot(instance, self.now_s)
+                    if light
+                    else snapshot(
+                        instance, self.now_s, self.predictor, self._is_migrating(instance)
+                    )
+                )
+        return [cache[i.instance_id] for i in self.decode]
+
+    def _kick(self, instance: DecodeInstance, mutate: Callable[[], None] | None = None) -> None:
+        """Bring `instance` to a step boundary, apply `mutate`, admit, and run on."""
+        self._finish(instance.sync(self.now_s), instance.clock_s)
+        if mutate is not None:
+            mutate()
+        self._admit_and_run(instance)
+
+    def _admit_and_run(self, instance: DecodeInstance) -> None:
+        for request in instance.admit_waiting():
+            context = request.num_prompt_tokens + request.num_generated
+            self._push(instance.clock_s + self.transfer_s(context), TRANSFER_END, request)
+        end_s = instance.start_chunk()
+        if end_s is not None:
+            self._push(end_s, CHUNK_END, (instance, instance.version))
+
+    def _on_transfer_end(self, request: object) -> None:
+        assert isinstance(request, SimRequest)
+        instance = self.decode[request.instance_id]
+
+        def arrive() -> None:
+            del instance.transferring[request.request_id]
+            instance.release(instance.blocks_for(request.num_prompt_tokens + request.num_generated))
+            instance.join(request)
+
+        self._kick(instance, arrive)
+
+    def _on_chunk_end(self, payload: object) -> None:
+        assert isinstance(payload, tuple)
+        instance: DecodeInstance = payload[0]
+        version: int = payload[1]
+        finished = instance.on_chunk_end(version)
+        if finished is None:
+            return
+        self._finish(finished, instance.clock_s)
+        self._admit_and_run(instance)
+
+    def _finish(self, requests: list[SimRequest], time_s: float) -> None:
+        for request in requests:
+            request.status = RequestStatus.FINISHED
+            request.finish_time_s = time_s
+            self._num_finished += 1
+
+    # ---- rebalancing -------------------------------------------------------------------
+    def _is_migrating(self, instance: DecodeInstance) -> bool:
+        return instance.instance_id in self._migrating
+
+    def _on_poll(self, _: object) -> None:
+        if self._num_finished < len(self.requests):
+            self._push(self.now_s + self.poll_interval_s, POLL, None)
+        snapshots = [
+            snapshot(i, self.now_s, self.predictor, self._is_migrating(i)) for i in self.decode
+        ]
+        for decision in self.runner.plan_migrations(snapshots):
+            src = self.decode[decision.src_instance_id]
+            dst = self.decode[decision.dst_instance_id]
+            request = src.running.get(decision.request_id)
+            if request is None or self._is_migrating(src) or self._is_migrating(dst):
+                continue
+            self._start_migration(Migration(request, src, dst, self.link))
+
+    def _start_migration(self, migration: Migration) -> None:
+        self.migrations.num_started += 1
+        holder: list[float | None] = []
+        self._kick(migration.src, lambda: holder.append(migration.start()))
+        duration_s = holder[0]
+        if duration_s is None:
+            self._end_migration(migration)
+            return
+        self._migrating.update((migration.src.instance_id, migration.dst.instance_id))
+        self.migrations.num_bytes += migration.num_copied_tokens * self.link.kv_bytes_per_token
+        self._push(migration.src.clock_s + duration_s, STAGE_END, migration)
+
+    def _on_stage_end(self, payload: object) -> None:
+        migration = payload
+        assert isinstance(migration, Migration)
+        if migration.is_final_stage:
+            self._kick(migration.dst, migration.finish)
+            self._end_migration(migration)
+            return
+        copied_before = migration.num_copied_tokens
+        holder: list[float | None] = []
+        self._kick(migration.src, lambda: holder.append(migration.on_stage_end()))
+        duration_s = holder[0]
+        if duration_s is None:
+            self._end_migration(migration)
+            return
+        copied = migration.num_copied_tokens - copied_before
+        self.migrations.num_bytes += copied * self.link.kv_bytes_per_token
+        # stages start at the source's step boundary: the final one after its last token
+        self._push(migration.src.clock_s + duration_s, STAGE_END, migration)
+
+    def _end_migration(self, migration: Migration) -> None:
+        self._migrating.discard(migration.src.instance_id)
+        self._migrating.discard(migration.dst.instance_id)
+        if migration.status is MigrationStatus.FINISHED:
+            self.migrations.num_finished += 1
+        else:
+            self.migrations.num_aborted += 1
+            if migration.status is MigrationStatus.ABORTED_DST:
+                self.migrations.num_aborted_by_destination += 1
+
+    def _on_timeline(self, _: object) -> None:
+        if self._num_finished < len(self.requests):
+            self._push(self.now_s + self.timeline.interval_s, TIMELINE, None)
+        self.timeline.times_s.append(self.now_s)
+        self.timeline.kv_utilization.append(
+            [i.num_used_blocks_at(self.now_s) / i.num_total_blocks for i in self.decode]
+        )

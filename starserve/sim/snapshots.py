@@ -1,0 +1,107 @@
+"""Frozen policy snapshots of simulated decode instances, with simulated predictions.
+
+Snapshots are read-only views at a time inside a chunk in flight (no chunk is cut short to
+take one), exactly what the Ray controller gets from polling real engines.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from starserve.policy import InstanceSnapshot, NewRequest, PredictorKind, RequestLoad
+from starserve.sim.decode import DecodeInstance
+from starserve.sim.predictor import LogRatioSampler
+from starserve.sim.request import SimRequest
+
+
+@dataclass(slots=True)
+class SimPredictor:
+    """Fills `predicted_remaining_tokens` as the policy's predictor kind says."""
+
+    kind: PredictorKind
+    sampler: LogRatioSampler
+    rng: np.random.Generator
+
+    def remaining(self, request: SimRequest, num_generated: int) -> float | None:
+        true_remaining = request.num_output_tokens - num_generated
+        if self.kind == "none":
+            return None
+        if self.kind == "oracle":
+            return float(true_remaining)
+        progress = num_generated / max(1, request.num_output_tokens)
+        bucket = self.sampler.bucket(progress)
+        if bucket != request.ratio_bucket:
+            request.log_ratio = self.sampler.sample(progress, self.rng)
+            request.ratio_factor = math.exp(request.log_ratio)
+            request.ratio_bucket = bucket
+        # predicted_from_log_ratio with exp(r) cached on the request
+        return max(0.0, (true_remaining + 1.0) * request.ratio_factor - 1.0)
+
+    def new_request(self, request: SimRequest) -> NewRequest:
+        """What dispatch sees of a request whose prefill produced its first token."""
+        remaining = self.remaining(request, request.num_generated)
+        return NewRequest(
+            request_id=request.request_id,
+            num_prompt_tokens=request.num_prompt_tokens + request.num_generated,
+            predicted_output_tokens=None if remaining is None else remaining,
+        )
+
+
+def snapshot(
+    instance: DecodeInstance, now_s: float, predictor: SimPredictor, is_migrating: bool
+) -> InstanceSnapshot:
+    steps = instance.steps_done_at(now_s)
+    loads = []
+    if not is_migrating:  # policies skip migrating instances; save building their requests
+        for request in instance.running.values():
+            generated = request.generated_at(steps)
+            loads.append(
+                RequestLoad(
+                    request.request_id,
+                    request.num_prompt_tokens + generated,
+                    generated,
+                    predictor.remaining(request, generated),
+                )
+            )
+    incoming = []
+    for group in (instance.waiting, instance.transferring.values()):
+        for request in group:
+            incoming.append(
+                RequestLoad(
+                    request_id=request.request_id,
+                    num_context_tokens=request.num_prompt_tokens + request.num_generated,
+                    num_generated_tokens=request.num_generated,
+                    predicted_remaining_tokens=predictor.remaining(request, request.num_generated),
+                )
+            )
+    free = instance.num_total_blocks - instance.num_used_blocks_at(now_s)
+    waiting_blocks = instance.waiting_blocks() if instance.waiting else 0
+    return InstanceSnapshot(
+        instance_id=instance.instance_id,
+        block_size=instance.block_size,
+        num_total_blocks=instance.num_total_blocks,
+        num_free_blocks=free,
+        num_waiting=len(instance.waiting),
+        num_preempted=instance.num_preempted_waiting if instance.waiting else 0,
+        requests=tuple(loads),
+        is_migrating=is_migrating,
+        num_waiting_blocks=waiting_blocks,
+        incoming=tuple(incoming),
+    )
+
+
+def light_snapshot(instance: DecodeInstance, now_s: float) -> InstanceSnapshot:
+    """Aggregates only (no per-request loads): enough for load-blind and KV-count policies."""
+    return InstanceSnapshot(
+        instance_id=instance.instance_id,
+        block_size=instance.block_size,
+        num_total_blocks=instance.num_total_blocks,
+        num_free_blocks=instance.num_total_blocks - instance.num_used_blocks_at(now_s),
+        num_waiting=len(instance.waiting),
+        num_preempted=instance.num_preempted_waiting if instance.waiting else 0,
+        requests=(),
+        num_waiting_blocks=instance.waiting_blocks() if instance.waiting else 0,
+    )
