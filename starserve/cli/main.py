@@ -20,6 +20,8 @@ from starserve.errors import StarserveError
 SUBCOMMANDS: dict[str, str] = {
     "workload": "starserve.cli.workload",
     "simulate": "starserve.cli.simulate",
+    "serve": "starserve.cli.serve",
+    "bench": "starserve.cli.bench",
 }
 
 app = typer.Typer(

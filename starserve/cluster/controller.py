@@ -1,0 +1,178 @@
+"""The controller: polls instance snapshots, dispatches through the shared policies, and
+drives migrations. A plain class; `starserve.cluster.launch` runs it as an async Ray actor.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import itertools
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from starserve.cluster.handles import InstanceHandle
+from starserve.cluster.migration import Migration, MigrationConfig
+from starserve.cluster.policies import BoundPolicy
+from starserve.cluster.types import MigrationRecord, MigrationStatus
+from starserve.cluster.worker import InstancePoll
+from starserve.policy.types import InstanceSnapshot, MigrationDecision, NewRequest
+
+log = logging.getLogger(__name__)
+
+IMPORT_RETRY_S = 0.05  # a full destination is retried (re-dispatched) after this long
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterMetrics:
+    """What the server exports: latest polls, migration counters, finished migration records."""
+
+    polls: tuple[InstancePoll, ...]
+    prefill_instance_ids: tuple[int, ...]
+    decode_instance_ids: tuple[int, ...]
+    num_migrations_started: int
+    num_migrations_by_status: dict[str, int]
+    records: tuple[MigrationRecord, ...]  # records[since:] of the request
+
+
+@dataclass(slots=True)
+class Controller:
+    prefill: list[InstanceHandle]
+    decode: list[InstanceHandle]
+    policy: BoundPolicy
+    poll_interval_s: float = 0.05
+    migration: MigrationConfig = field(default_factory=MigrationConfig)
+    max_concurrent_migrations: int = 1
+    auto_migrate: bool = True
+    _polls: dict[int, InstancePoll] = field(default_factory=dict)
+    _migrating: set[int] = field(default_factory=set)  # instance ids busy with a migration
+    _records: list[MigrationRecord] = field(default_factory=list)
+    _num_started: int = 0
+    _prefill_rr: Any = None
+    _dispatch_lock: asyncio.Lock | None = None
+    _task: asyncio.Task[None] | None = None
+
+    def __post_init__(self) -> None:
+        self._prefill_rr = itertools.cycle(range(len(self.prefill)))
+
+    # --- lifecycle -----------------------------------------------------------------------
+    async def start(self) -> None:
+        self._dispatch_lock = asyncio.Lock()
+        await self._poll_once()
+        self._task = asyncio.create_task(self._poll_loop())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+
+    async def _poll_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.poll_interval_s)
+            try:
+                await self._poll_once()
+                if self.auto_migrate:
+                    self._launch(self.policy.plan_migrations(self.decode_snapshots()))
+            except Exception:  # keep polling: one bad poll must not stop rebalancing
+                log.exception("controller poll failed")
+
+    async def _poll_once(self) -> None:
+        handles = [*self.prefill, *self.decode]
+        polls = await asyncio.gather(*(h.poll() for h in handles))
+        self._polls = {poll.snapshot.instance_id: poll for poll in polls}
+
+    def decode_snapshots(self) -> list[InstanceSnapshot]:
+        return [
+            dataclasses.replace(
+                self._polls[h.instance_id].snapshot, is_migrating=h.instance_id in self._migrating
+            )
+            for h in self.decode
+            if h.instance_id in self._polls
+        ]
+
+    # --- serving -------------------------------------------------------------------------
+    async def submit(self, request_id: str, prompt: list[int], params: Any) -> None:
+        """Prefill, then hand the request to the decode instance the policy picks."""
+        prefill = self.prefill[next(self._prefill_rr)]
+        handoff, payload = await prefill.prefill(request_id, prompt, params)
+        if handoff.finished:
+            return
+        new = NewRequest(request_id, handoff.num_prompt_tokens, handoff.predicted_output_tokens)
+        assert self._dispatch_lock is not None, "start() the controller first"
+        while True:
+            async with self._dispatch_lock:
+                await self._poll_decode()
+                target = self._decode_by_id(self.policy.dispatch(self.decode_snapshots(), new))
+                try:
+                    await target.import_request(payload)
+                    await self._poll_decode()
+                    return
+                except Exception as err:  # EngineFullError crosses Ray wrapped: match by name
+                    if "EngineFullError" not in f"{type(err).__name__} {err}":
+                        raise
+            await asyncio.sleep(IMPORT_RETRY_S)
+
+    async def _poll_decode(self) -> None:
+        polls = await asyncio.gather(*(h.poll() for h in self.decode))
+        self._polls.update({poll.snapshot.instance_id: poll for poll in polls})
+
+    def _decode_by_id(self, instance_id: int) -> InstanceHandle:
+        for handle in self.decode:
+            if handle.instance_id == instance_id:
+                return handle
+        raise KeyError(f"policy chose unknown decode instance {instance_id}")
+
+    async def abort(self, request_id: str) -> None:
+        await asyncio.gather(*(h.abort(request_id) for h in [*self.prefill, *self.decode]))
+
+    # --- migration -----------------------------------------------------------------------
+    def _launch(self, decisions: list[MigrationDecision]) -> None:
+        for decision in decisions:
+            busy = {decision.src_instance_id, decision.dst_instance_id} & self._migrating
+            if busy or len(self._migrating) >= 2 * self.max_concurrent_migrations:
+                continue
+            self._migrating |= {decision.src_instance_id, decision.dst_instance_id}
+            asyncio.create_task(self._run_migration(decision))
+
+    async def migrate(self, request_id: str, dst_instance_id: int | None = None) -> MigrationRecord:
+        """Move `request_id` now (the controller API tests and operators use)."""
+        await self._poll_decode()
+        src_id = self._locate(request_id)
+        if dst_instance_id is None:
+            dst_instance_id = next(h.instance_id for h in self.decode if h.instance_id != src_id)
+        self._migrating |= {src_id, dst_instance_id}
+        return await self._run_migration(MigrationDecision(request_id, src_id, dst_instance_id))
+
+    def _locate(self, request_id: str) -> int:
+        for snapshot in self.decode_snapshots():
+            if any(load.request_id == request_id for load in snapshot.requests):
+                return snapshot.instance_id
+        raise KeyError(f"request {request_id} is not running on any decode instance")
+
+    async def _run_migration(self, decision: MigrationDecision) -> MigrationRecord:
+        self._num_started += 1
+        migration = Migration(
+            request_id=decision.request_id,
+            src_instance_id=decision.src_instance_id,
+            dst_instance_id=decision.dst_instance_id,
+            src=self._decode_by_id(decision.src_instance_id),
+            dst=self._decode_by_id(decision.dst_instance_id),
+            config=self.migration,
+        )
+        try:
+            record = await migration.run()
+        finally:
+            self._migrating -= {decision.src_instance_id, decision.dst_instance_id}
+        self._records.append(record)
+        return record
+
+    def metrics(self, since: int = 0) -> ClusterMetrics:
+        by_status = Counter(record.status.value for record in self._records)
+        return ClusterMetrics(
+            polls=tuple(self._polls[i] for i in sorted(self._polls)),
+            prefill_instance_ids=tuple(h.instance_id for h in self.prefill),
+            decode_instance_ids=tuple(h.instance_id for h in self.decode),
+            num_migrations_started=self._num_started,
+            num_migrations_by_status={s.value: by_status.get(s.value, 0) for s in MigrationStatus},
+            records=tuple(self._records[since:]),
+        )

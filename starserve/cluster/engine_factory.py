@@ -1,0 +1,37 @@
+"""Build an instance's engine and predictor (torch imports stay inside functions)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+def load_predictor_or_none(path: str | None) -> Any | None:
+    """The remaining-length predictor, or None (with a warning) when none is available."""
+    try:
+        from starserve.predictor import load_predictor
+    except ImportError:
+        log.warning("starserve.predictor is not installed: policies see current load only")
+        return None
+    try:
+        return load_predictor(path)
+    except (FileNotFoundError, OSError) as err:
+        log.warning("no predictor (%s): policies see current load only", err)
+        return None
+
+
+def build_engine(config: Any, weights: Any = None) -> tuple[Any, Any | None]:
+    """(Engine, predictor or None) for a `WorkerConfig`; one torch thread per instance."""
+    import torch
+
+    from starserve.engine import Engine, EngineConfig
+
+    predictor = load_predictor_or_none(config.predictor_path) if config.use_predictor else None
+    overrides: dict[str, Any] = {"num_threads": 1}
+    if predictor is not None:
+        overrides["hidden_state_interval"] = int(predictor.interval)
+    overrides.update(config.engine_overrides)
+    torch.set_num_threads(int(overrides["num_threads"]))
+    return Engine(EngineConfig(**overrides), weights=weights), predictor

@@ -1,0 +1,206 @@
+"""The one place Ray appears: start instance and controller actors from the plain classes.
+
+Instances are threaded actors (their stepping thread runs beside the calls), the controller
+an async actor. KV snapshots move between actors as object-store references: the
+controller passes the reference a prefill (or a migration source) returned straight to the
+decode instance, so the bytes never pass through the controller.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from starserve.cluster.config import ClusterConfig
+from starserve.cluster.controller import ClusterMetrics, Controller
+from starserve.cluster.migration import MigrationConfig
+from starserve.cluster.policies import bind_policy
+from starserve.cluster.types import MigrationRecord, OutputChunk, StageInfo
+from starserve.cluster.worker import Handoff, InstancePoll, InstanceWorker, WorkerConfig
+from starserve.paths import REPO_ROOT
+
+log = logging.getLogger(__name__)
+
+MAX_ACTOR_CONCURRENCY = 1024  # blocking prefill calls wait in actor threads
+
+
+class RayInstance:
+    """An instance actor behind the async `InstanceHandle` interface."""
+
+    def __init__(self, actor: Any, instance_id: int):
+        self.actor = actor
+        self.instance_id = instance_id
+
+    async def prefill(self, request_id: str, prompt: list[int], params: Any) -> tuple[Handoff, Any]:
+        handoff_ref, snapshot_ref = self.actor.prefill.options(num_returns=2).remote(
+            request_id, prompt, params
+        )
+        return await handoff_ref, snapshot_ref
+
+    async def import_request(self, payload: Any) -> None:
+        await self.actor.import_request.remote(payload)
+
+    async def poll(self) -> InstancePoll:
+        return await self.actor.poll.remote()
+
+    async def abort(self, request_id: str) -> None:
+        await self.actor.abort.remote(request_id)
+
+    async def wait_outputs(self, timeout_s: float) -> list[OutputChunk]:
+        return await self.actor.wait_outputs.remote(timeout_s)
+
+    async def export_stage(
+        self, request_id: str, since_stage: int | None
+    ) -> tuple[StageInfo, Any] | None:
+        info_ref, snapshot_ref = self.actor.export_stage.options(num_returns=2).remote(
+            request_id, since_stage
+        )
+        info = await info_ref
+        return None if info is None else (info, snapshot_ref)
+
+    async def pause(self, request_id: str) -> bool:
+        return bool(await self.actor.pause.remote(request_id))
+
+    async def resume(self, request_id: str) -> None:
+        await self.actor.resume.remote(request_id)
+
+    async def release(self, request_id: str) -> None:
+        await self.actor.release.remote(request_id)
+
+    async def reserve(self, request_id: str, num_tokens: int) -> bool:
+        return bool(await self.actor.reserve.remote(request_id, num_tokens))
+
+    async def write_stage(self, payload: Any) -> None:
+        await self.actor.write_stage.remote(payload)
+
+    async def commit(self, payload: Any) -> None:
+        await self.actor.commit.remote(payload)
+
+    async def abort_import(self, request_id: str) -> None:
+        await self.actor.abort_import.remote(request_id)
+
+
+class ControllerActor:
+    """Builds the plain `Controller` inside its actor process from instance actor handles."""
+
+    def __init__(self, prefill: list[Any], decode: list[Any], config: ClusterConfig):
+        prefill_ids = range(len(prefill))
+        decode_ids = range(len(prefill), len(prefill) + len(decode))
+        self.controller = Controller(
+            prefill=[RayInstance(a, i) for a, i in zip(prefill, prefill_ids, strict=True)],
+            decode=[RayInstance(a, i) for a, i in zip(decode, decode_ids, strict=True)],
+            policy=bind_policy(config.policy, config.seed),
+            poll_interval_s=config.poll_interval_ms / 1000,
+            migration=MigrationConfig(
+                max_stages=config.migration_max_stages,
+                final_stage_max_blocks=config.migration_final_stage_max_blocks,
+            ),
+            max_concurrent_migrations=config.max_concurrent_migrations,
+        )
+
+    async def start(self) -> None:
+        await self.controller.start()
+
+    async def submit(self, request_id: str, prompt: list[int], params: Any) -> None:
+        await self.controller.submit(request_id, prompt, params)
+
+    async def abort(self, request_id: str) -> None:
+        await self.controller.abort(request_id)
+
+    async def migrate(self, request_id: str, dst_instance_id: int | None = None) -> MigrationRecord:
+        return await self.controller.migrate(request_id, dst_instance_id)
+
+    async def set_auto_migrate(self, enabled: bool) -> None:
+        self.controller.auto_migrate = enabled
+
+    async def metrics(self, since: int = 0) -> ClusterMetrics:
+        return self.controller.metrics(since)
+
+
+@dataclass(slots=True)
+class Cluster:
+    """Handles the server keeps: the controller actor and every instance."""
+
+    controller: Any
+    prefill: list[RayInstance]
+    decode: list[RayInstance]
+    config: ClusterConfig
+    owns_ray: bool
+
+    @property
+    def instances(self) -> list[RayInstance]:
+        return [*self.prefill, *self.decode]
+
+    def describe(self) -> list[str]:
+        return [f"prefill instance {h.instance_id}" for h in self.prefill] + [
+            f"decode instance {h.instance_id}" for h in self.decode
+        ]
+
+    def shutdown(self) -> None:
+        import ray
+
+        for handle in self.instances:
+            ray.kill(handle.actor)
+        ray.kill(self.controller)
+        if self.owns_ray:
+            ray.shutdown()
+
+
+def _init_ray(config: ClusterConfig, address: str | None) -> bool:
+    import ray
+
+    if ray.is_initialized():
+        return False
+    env = {
+        "env_vars": {
+            "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")])
+        }
+    }
+    if address:
+        ray.init(address=address, runtime_env=env, logging_level=logging.WARNING)
+    else:
+        needed = (config.num_prefill + config.num_decode) * config.num_cpus_per_instance
+        ray.init(
+            num_cpus=max(int(needed + 0.999), os.cpu_count() or 1),
+            include_dashboard=False,
+            runtime_env=env,
+            logging_level=logging.WARNING,
+        )
+    return True
+
+
+def launch_cluster(config: ClusterConfig, address: str | None = None) -> Cluster:
+    """Start (or join, with `address`) Ray, the instance actors and the controller."""
+    import ray
+
+    owns_ray = _init_ray(config, address)
+    worker_cls = ray.remote(InstanceWorker).options(
+        num_cpus=config.num_cpus_per_instance, max_concurrency=MAX_ACTOR_CONCURRENCY
+    )
+    actors: list[Any] = [
+        worker_cls.remote(
+            WorkerConfig(
+                instance_id=i,
+                engine_overrides=config.engine_overrides(),
+                predictor_path=config.predictor,
+                use_predictor=config.use_predictor,
+            )
+        )
+        for i in range(config.num_prefill + config.num_decode)
+    ]
+    ray.get([actor.ready.remote() for actor in actors])
+    ray.get([actor.start.remote() for actor in actors])
+    prefill, decode = actors[: config.num_prefill], actors[config.num_prefill :]
+    controller: Any = (
+        ray.remote(ControllerActor).options(num_cpus=0).remote(prefill, decode, config)
+    )
+    ray.get(controller.start.remote())
+    return Cluster(
+        controller=controller,
+        prefill=[RayInstance(a, i) for i, a in enumerate(prefill)],
+        decode=[RayInstance(a, i + len(prefill)) for i, a in enumerate(decode)],
+        config=config,
+        owns_ray=owns_ray,
+    )

@@ -1,0 +1,180 @@
+"""Llumnix-style live migration of one decoding request, as an explicit state machine.
+
+Stages: the source exports its KV blocks while it keeps decoding (stage 0 = everything, later
+stages = only blocks that were incomplete at the previous export) and the destination copies
+them into a reservation. When a stage is small enough (or after `max_stages - 1` stages) the
+final stage pauses the request on the source, sends the rest, commits on the destination and
+frees the source. Every abort path rolls back: the destination frees its reservation and the
+source resumes the request, so it finishes there with nothing lost.
+
+The machine only sees the two small async protocols below; the cluster adapts Ray actors to
+them and tests adapt in-process workers, so this module imports no Ray.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from starserve.cluster.types import MigrationRecord, MigrationStatus, StageInfo
+
+log = logging.getLogger(__name__)
+
+
+class MigrationSource(Protocol):
+    """The instance a request leaves."""
+
+    async def export_stage(
+        self, request_id: str, since_stage: int | None
+    ) -> tuple[StageInfo, Any] | None:
+        """Export KV (all when `since_stage` is None); None when the request is no longer
+        running there (finished or aborted). Never pauses or frees."""
+        ...
+
+    async def pause(self, request_id: str) -> bool:
+        """Stop scheduling the request; False when it already finished."""
+        ...
+
+    async def resume(self, request_id: str) -> None:
+        """Undo `pause` (rollback)."""
+        ...
+
+    async def release(self, request_id: str) -> None:
+        """Free the request's blocks silently: it now lives on the destination."""
+        ...
+
+
+class MigrationDestination(Protocol):
+    """The instance a request moves to."""
+
+    async def reserve(self, request_id: str, num_tokens: int) -> bool:
+        """Reserve room for `num_tokens` tokens of KV; False = no room (nothing reserved)."""
+        ...
+
+    async def write_stage(self, payload: Any) -> None:
+        """Copy one exported stage's blocks into the reservation."""
+        ...
+
+    async def commit(self, payload: Any) -> None:
+        """Adopt the request from its final stage and start decoding it."""
+        ...
+
+    async def abort_import(self, request_id: str) -> None:
+        """Free whatever `reserve`/`write_stage` took (rollback)."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class MigrationConfig:
+    max_stages: int = 3  # including the final, paused stage (Llumnix's default)
+    final_stage_max_blocks: int = 16  # go final once a stage is this small
+    reserve_headroom_tokens: int = 64  # growth allowed while the incremental stages run
+
+
+class _Abort(Exception):
+    def __init__(self, status: MigrationStatus, reason: str):
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+@dataclass(slots=True)
+class Migration:
+    """One migration in flight; `run()` drives it to FINISHED or an ABORTED_* status."""
+
+    request_id: str
+    src_instance_id: int
+    dst_instance_id: int
+    src: MigrationSource
+    dst: MigrationDestination
+    config: MigrationConfig
+    status: MigrationStatus = MigrationStatus.RUNNING
+    num_stages: int = 0
+    reserved: bool = False
+    paused: bool = False
+    pause_s: float = 0.0
+
+    async def run(self) -> MigrationRecord:
+        reason = ""
+        started_at_s = time.time()
+        try:
+            await self._copy_stages()
+            self.status = MigrationStatus.FINISHED
+        except _Abort as abort:
+            self.status, reason = abort.status, abort.reason
+            await self._rollback()
+            log.info("migration of %s aborted (%s): %s", self.request_id, self.status, reason)
+        return MigrationRecord(
+            request_id=self.request_id,
+            src_instance_id=self.src_instance_id,
+            dst_instance_id=self.dst_instance_id,
+            status=self.status,
+            num_stages=self.num_stages,
+            pause_s=self.pause_s,
+            started_at_s=started_at_s,
+            ended_at_s=time.time(),
+            reason=reason,
+        )
+
+    async def _copy_stages(self) -> None:
+        info, payload = await self._export(None)
+        if not await self._dst(self.dst.reserve(self.request_id, self._reserve_tokens(info))):
+            raise _Abort(MigrationStatus.ABORTED_DST, "destination has no room")
+        self.reserved = True
+        await self._dst(self.dst.write_stage(payload))
+        while (
+            self.num_stages < self.config.max_stages - 1
+            and info.num_kv_blocks > self.config.final_stage_max_blocks
+        ):
+            info, payload = await self._export(info.stage)
+            await self._dst(self.dst.write_stage(payload))
+        await self._final_stage(info)
+
+    async def _final_stage(self, last: StageInfo) -> None:
+        if not await self._src(self.src.pause(self.request_id)):
+            raise _Abort(MigrationStatus.ABORTED_SRC, "request finished on the source")
+        self.paused = True
+        paused_at = time.perf_counter()
+        info, payload = await self._export(last.stage)
+        await self._dst(self.dst.write_stage(payload))
+        await self._dst(self.dst.commit(payload))
+        self.pause_s = time.perf_counter() - paused_at
+        self.paused = False  # the destination owns it now; never resume on the source
+        try:
+            await self.src.release(self.request_id)
+        except Exception as err:  # the request lives on; only the source's blocks leak
+            log.warning("release of %s on source failed: %r", self.request_id, err)
+
+    def _reserve_tokens(self, info: StageInfo) -> int:
+        return info.num_tokens + self.config.reserve_headroom_tokens
+
+    async def _export(self, since_stage: int | None) -> tuple[StageInfo, Any]:
+        exported = await self._src(self.src.export_stage(self.request_id, since_stage))
+        if exported is None:
+            raise _Abort(MigrationStatus.ABORTED_SRC, "request no longer running on the source")
+        self.num_stages += 1
+        return exported
+
+    async def _src(self, call: Any) -> Any:
+        try:
+            return await call
+        except Exception as err:  # the source failed: the request cannot move
+            raise _Abort(MigrationStatus.ABORTED_SRC, f"source failed: {err!r}") from err
+
+    async def _dst(self, call: Any) -> Any:
+        try:
+            return await call
+        except Exception as err:  # the destination failed or died: keep it on the source
+            raise _Abort(MigrationStatus.ABORTED_DST, f"destination failed: {err!r}") from err
+
+    async def _rollback(self) -> None:
+        if self.reserved:
+            try:
+                await self.dst.abort_import(self.request_id)
+            except Exception as err:  # a dead destination holds nothing to free
+                log.warning("abort on destination %s failed: %r", self.dst_instance_id, err)
+        if self.paused:
+            await self.src.resume(self.request_id)
+            self.paused = False

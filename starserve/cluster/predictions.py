@@ -1,0 +1,50 @@
+"""Per-request remaining-length predictions an instance keeps for its snapshots."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(slots=True)
+class _Prediction:
+    remaining_tokens: float
+    at_generated_tokens: int
+
+
+class PredictionTable:
+    """Runs the predictor on the engine's hidden-state taps and ages its answers.
+
+    A prediction made when the request had generated g tokens says r remain; later, with g'
+    generated, the estimate is max(0, r - (g' - g)) until the next tap refreshes it.
+    Without a predictor every estimate is None (policies then fall back to current load).
+    """
+
+    def __init__(self, predictor: Any | None):
+        self.predictor = predictor
+        self._table: dict[str, _Prediction] = {}
+
+    def observe(self, outputs: list[Any]) -> None:
+        if self.predictor is None:
+            return
+        tapped = [out for out in outputs if getattr(out, "hidden_last", None) is not None]
+        if not tapped:
+            return
+        import torch
+
+        hidden = torch.stack([out.hidden_last for out in tapped]).float()
+        generated = torch.tensor([out.num_generated_tokens for out in tapped])
+        with torch.no_grad():
+            remaining = self.predictor.predict(hidden, generated)
+        for out, value in zip(tapped, remaining.tolist(), strict=True):
+            self._table[out.request_id] = _Prediction(float(value), out.num_generated_tokens)
+
+    def remaining(self, request_id: str, num_generated_tokens: int) -> float | None:
+        pred = self._table.get(request_id)
+        if pred is None:
+            return None
+        aged = pred.remaining_tokens - (num_generated_tokens - pred.at_generated_tokens)
+        return max(0.0, aged)
+
+    def forget(self, request_id: str) -> None:
+        self._table.pop(request_id, None)

@@ -1,0 +1,77 @@
+"""Turn an OpenAI request into prompt token ids and engine sampling parameters, or a 400."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starserve.server.protocol import ApiError, ChatCompletionRequest, CompletionRequest
+
+
+def check_model(requested: str, served: str) -> None:
+    if requested != served:
+        raise ApiError(
+            400,
+            f"The model `{requested}` does not exist; this server serves `{served}`.",
+            param="model",
+        )
+
+
+def completion_prompt(request: CompletionRequest) -> str | list[int]:
+    prompt = request.prompt
+    if isinstance(prompt, list) and prompt and isinstance(prompt[0], str):
+        if len(prompt) != 1:
+            raise ApiError(400, "only one prompt per request is supported", param="prompt")
+        return str(prompt[0])
+    if isinstance(prompt, list):
+        return [int(token) for token in prompt]
+    return prompt
+
+
+def chat_messages(request: ChatCompletionRequest) -> list[dict[str, str]]:
+    return [{"role": m.role, "content": m.text()} for m in request.messages]
+
+
+def sampling_params(
+    request: CompletionRequest | ChatCompletionRequest, num_prompt_tokens: int, max_model_len: int
+) -> Any:
+    """Engine `SamplingParams` for the request; ApiError(400) on any invalid value."""
+    from starserve.engine import SamplingParams
+
+    if num_prompt_tokens == 0:
+        raise ApiError(400, "the prompt is empty", param="prompt")
+    if request.n != 1:
+        raise ApiError(400, "only n=1 is supported", param="n")
+    if num_prompt_tokens >= max_model_len:
+        raise ApiError(
+            400,
+            f"This model's maximum context length is {max_model_len} tokens; "
+            f"the prompt has {num_prompt_tokens} tokens.",
+            param="prompt",
+        )
+    room = max_model_len - num_prompt_tokens
+    max_tokens = request.max_completion_tokens or request.max_tokens
+    if max_tokens is None:
+        max_tokens = room
+    elif max_tokens > room:
+        raise ApiError(
+            400,
+            f"This model's maximum context length is {max_model_len} tokens; you requested "
+            f"{num_prompt_tokens + max_tokens} tokens ({num_prompt_tokens} in the prompt, "
+            f"{max_tokens} for the completion).",
+            param="max_tokens",
+        )
+    stop = (request.stop,) if isinstance(request.stop, str) else tuple(request.stop or ())
+    params = SamplingParams(
+        max_tokens=max_tokens,
+        temperature=1.0 if request.temperature is None else request.temperature,
+        top_p=1.0 if request.top_p is None else request.top_p,
+        top_k=0 if request.top_k is None or request.top_k < 0 else request.top_k,
+        seed=request.seed,
+        stop=stop,
+        ignore_eos=request.ignore_eos,
+    )
+    try:
+        params.validate()
+    except ValueError as err:
+        raise ApiError(400, str(err)) from None
+    return params
