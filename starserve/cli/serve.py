@@ -9,6 +9,17 @@ import typer
 from starserve.errors import StarserveError
 
 
+def _check_port_free(host: str, port: int) -> None:
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as err:
+            raise StarserveError(f"cannot listen on {host}:{port}: {err.strerror}") from None
+
+
 def command(
     prefill: int = typer.Option(1, "--prefill", help="Number of prefill instances (Ray actors)."),
     decode: int = typer.Option(2, "--decode", help="Number of decode instances (Ray actors)."),
@@ -63,6 +74,7 @@ def command(
         raise StarserveError(f"--port must be in 1..65535, got {port}")
     if max_num_requests < 1:
         raise StarserveError(f"--max-num-requests must be >= 1, got {max_num_requests}")
+    _check_port_free(host, port)
     engine = {"num_kv_blocks": kv_blocks} if kv_blocks is not None else {}
     cluster = validate(
         ClusterConfig,
