@@ -57,6 +57,34 @@ class _Pending:
     snapshot: Any = None
 
 
+class _CallFirstLock:
+    """The engine lock: a caller waiting for it goes before the stepping thread's next step.
+
+    A plain lock is not fair: the stepping thread would release and re-take it at once and
+    starve the controller's calls (a migration stage could wait for many steps).
+    """
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.num_waiting = 0
+        self._count = threading.Lock()
+
+    def __enter__(self) -> None:
+        with self._count:
+            self.num_waiting += 1
+        self.lock.acquire()
+        with self._count:
+            self.num_waiting -= 1
+
+    def __exit__(self, *exc: object) -> None:
+        self.lock.release()
+
+    def let_callers_in(self) -> None:
+        """Called by the stepping thread between steps."""
+        while self.num_waiting:
+            time.sleep(0.0002)
+
+
 class InstanceWorker:
     """One prefill or decode instance. Roles differ only in how requests arrive."""
 
@@ -71,8 +99,8 @@ class InstanceWorker:
             engine, predictor = build_engine(config, weights)
         self.engine = engine
         self.predictions = PredictionTable(predictor)
-        self._lock = threading.Lock()
-        self._work = threading.Condition(self._lock)
+        self._lock = _CallFirstLock()
+        self._wakeup = threading.Event()  # set when work may have arrived
         self._outputs: list[OutputChunk] = []
         self._out_cond = threading.Condition()
         self._pending: dict[str, _Pending] = {}
@@ -89,8 +117,7 @@ class InstanceWorker:
 
     def stop(self) -> None:
         self._stop.set()
-        with self._work:
-            self._work.notify_all()
+        self._wakeup.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
 
@@ -99,11 +126,15 @@ class InstanceWorker:
 
     def _loop(self) -> None:
         while not self._stop.is_set():
-            with self._work:
-                if not self.engine.has_unfinished_requests():
-                    self._work.wait(self.config.idle_wait_s)
-                    continue
-                self.step_locked()
+            self._wakeup.clear()  # before looking: a later set() is never lost
+            with self._lock:
+                busy = self.engine.has_unfinished_requests()
+                if busy:
+                    self.step_locked()
+            if busy:
+                self._lock.let_callers_in()
+            else:
+                self._wakeup.wait(self.config.idle_wait_s)
 
     def step_once(self) -> None:
         """One engine step (tests drive instances without the thread)."""
@@ -152,21 +183,21 @@ class InstanceWorker:
 
     def add_request(self, request_id: str, prompt: list[int], params: Any) -> None:
         """Run a request to completion here (raises ValueError on bad input)."""
-        with self._work:
+        with self._lock:
             self.engine.add_request(request_id, prompt, params)
-            self._work.notify_all()
+            self._wakeup.set()
 
     def prefill(self, request_id: str, prompt: list[int], params: Any) -> tuple[Handoff, Any]:
         """Compute the first token, then export the request's KV and free it here."""
         pending = _Pending()
-        with self._work:
+        with self._lock:
             self._pending[request_id] = pending
             try:
                 self.engine.add_request(request_id, prompt, params)
             except Exception:
                 del self._pending[request_id]
                 raise
-            self._work.notify_all()
+            self._wakeup.set()
         pending.event.wait()
         assert pending.handoff is not None
         return pending.handoff, pending.snapshot
@@ -187,9 +218,9 @@ class InstanceWorker:
 
     def import_request(self, snapshot: Any) -> None:
         """Continue a prefilled request here (EngineFullError when there is no room)."""
-        with self._work:
+        with self._lock:
             self.engine.import_request(snapshot)
-            self._work.notify_all()
+            self._wakeup.set()
 
     def can_import(self, num_tokens: int) -> bool:
         with self._lock:
@@ -266,9 +297,9 @@ class InstanceWorker:
             return True
 
     def resume(self, request_id: str) -> None:
-        with self._work:
+        with self._lock:
             self.engine.resume_request(request_id)
-            self._work.notify_all()
+            self._wakeup.set()
 
     def release(self, request_id: str) -> None:
         with self._lock:
@@ -301,9 +332,9 @@ class InstanceWorker:
 
     def commit(self, snapshot: Any) -> None:
         self._maybe_fail("commit")
-        with self._work:
+        with self._lock:
             self.engine.commit_import(snapshot)
-            self._work.notify_all()
+            self._wakeup.set()
 
     def abort_import(self, request_id: str) -> None:
         with self._lock:
