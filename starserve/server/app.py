@@ -158,13 +158,23 @@ def build_app(backend: ClusterBackend, settings: ServerSettings) -> FastAPI:
             include_usage=bool(body.stream_options and body.stream_options.include_usage),
             is_chat=is_chat,
         )
+        state["num_active"] += 1  # admitted: released when the response ends, however it ends
         if gen.stream:
-            return StreamingResponse(_sse(gen), media_type="text/event-stream")
-        return JSONResponse(await _complete(gen))
+            return StreamingResponse(_released(_sse(gen)), media_type="text/event-stream")
+        try:
+            return JSONResponse(await _complete(gen))
+        finally:
+            state["num_active"] -= 1
+
+    async def _released(events: AsyncIterator[str]) -> AsyncIterator[str]:
+        try:
+            async for event in events:
+                yield event
+        finally:
+            state["num_active"] -= 1
 
     async def _tracked(gen: _Generation, tally: _Tally) -> AsyncIterator[Piece]:
         """The request's pieces in order, counted into `tally` and the latency histograms."""
-        state["num_active"] += 1
         arrival_s, times = time.time(), list[float]()
         try:
             async for piece in backend.generate(gen.request_id, gen.prompt, gen.params):
@@ -174,7 +184,6 @@ def build_app(backend: ClusterBackend, settings: ServerSettings) -> FastAPI:
                 tally.finish_reason = piece.finish_reason
                 yield piece
         finally:
-            state["num_active"] -= 1
             metrics.observe_request(times, arrival_s)
 
     async def _complete(gen: _Generation) -> dict[str, Any]:
