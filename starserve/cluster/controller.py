@@ -143,6 +143,11 @@ class Controller:
         self._migrating |= {src_id, dst_instance_id}
         return await self._run_migration(MigrationDecision(request_id, src_id, dst_instance_id))
 
+    async def locate(self, request_id: str) -> int:
+        """The decode instance running `request_id` now (KeyError if none)."""
+        await self._poll_decode()
+        return self._locate(request_id)
+
     def _locate(self, request_id: str) -> int:
         for snapshot in self.decode_snapshots():
             if any(load.request_id == request_id for load in snapshot.requests):

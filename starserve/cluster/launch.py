@@ -112,6 +112,9 @@ class ControllerActor:
     async def migrate(self, request_id: str, dst_instance_id: int | None = None) -> MigrationRecord:
         return await self.controller.migrate(request_id, dst_instance_id)
 
+    async def locate(self, request_id: str) -> int:
+        return await self.controller.locate(request_id)
+
     async def set_auto_migrate(self, enabled: bool) -> None:
         self.controller.auto_migrate = enabled
 
