@@ -101,6 +101,8 @@ class ControllerActor:
         )
 
     async def start(self) -> None:
+        import starserve.engine  # noqa: F401  (warm: requests carry its SamplingParams)
+
         await self.controller.start()
 
     async def submit(self, request_id: str, prompt: list[int], params: Any) -> None:

@@ -55,6 +55,7 @@ class _Pending:
     event: threading.Event = field(default_factory=threading.Event)
     handoff: Handoff | None = None
     snapshot: Any = None
+    error: str | None = None
 
 
 class _CallFirstLock:
@@ -130,7 +131,13 @@ class InstanceWorker:
             with self._lock:
                 busy = self.engine.has_unfinished_requests()
                 if busy:
-                    self.step_locked()
+                    try:
+                        self.step_locked()
+                    except Exception as err:  # an engine bug: fail its requests, keep serving
+                        log.exception("instance %s: engine step failed", self.instance_id)
+                        self._fail_all_locked(
+                            f"engine step failed on instance {self.instance_id}: {err!r}"
+                        )
             if busy:
                 self._lock.let_callers_in()
             else:
@@ -158,6 +165,23 @@ class InstanceWorker:
             with self._out_cond:
                 self._outputs.extend(chunks)
                 self._out_cond.notify_all()
+
+    def _fail_all_locked(self, message: str) -> None:
+        request_ids = {rid for rid, _, _ in self.engine.stats().requests} | set(self._pending)
+        chunks = []
+        for request_id in request_ids:
+            with contextlib.suppress(Exception):
+                self.engine.abort_request(request_id)
+            chunks.append(
+                OutputChunk(request_id, 0, (), "", True, "abort", 0, self.instance_id, message)
+            )
+            pending = self._pending.pop(request_id, None)
+            if pending is not None:
+                pending.error = message
+                pending.event.set()
+        with self._out_cond:
+            self._outputs.extend(chunks)
+            self._out_cond.notify_all()
 
     def _chunk(self, out: Any) -> OutputChunk:
         return OutputChunk(
@@ -199,6 +223,8 @@ class InstanceWorker:
                 raise
             self._wakeup.set()
         pending.event.wait()
+        if pending.error is not None:
+            raise RuntimeError(pending.error)
         assert pending.handoff is not None
         return pending.handoff, pending.snapshot
 

@@ -47,6 +47,8 @@ class ClusterBackend:
         self._max_model_len: int | None = None
 
     async def start(self) -> None:
+        import starserve.engine  # noqa: F401  (warm: validation builds its SamplingParams)
+
         self._pumps = [asyncio.create_task(self._pump(h)) for h in self.cluster.instances]
         self._max_model_len = await self.cluster.prefill[0].actor.max_model_len.remote()
 

@@ -44,6 +44,9 @@ class RequestStream:
         """Accept a chunk from any instance; emit whatever is now contiguous."""
         if self.finished:
             return
+        if chunk.error is not None:
+            self.fail(RuntimeError(chunk.error))
+            return
         self._pending.append(chunk)
         progressed = True
         while progressed and not self.finished:
