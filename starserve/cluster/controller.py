@@ -15,8 +15,7 @@ from typing import Any
 from starserve.cluster.handles import InstanceHandle
 from starserve.cluster.migration import Migration, MigrationConfig
 from starserve.cluster.policies import BoundPolicy
-from starserve.cluster.types import MigrationRecord, MigrationStatus
-from starserve.cluster.worker import InstancePoll
+from starserve.cluster.types import InstancePoll, MigrationRecord, MigrationStatus
 from starserve.policy.types import InstanceSnapshot, MigrationDecision, NewRequest
 
 log = logging.getLogger(__name__)

@@ -9,8 +9,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any, Protocol
 
-from starserve.cluster.types import OutputChunk, StageInfo
-from starserve.cluster.worker import Handoff, InstancePoll, InstanceWorker
+from starserve.cluster.types import Handoff, InstancePoll, OutputChunk, StageInfo
+from starserve.cluster.worker import InstanceWorker
 
 
 class InstanceHandle(Protocol):

@@ -17,8 +17,15 @@ from starserve.cluster.config import ClusterConfig
 from starserve.cluster.controller import ClusterMetrics, Controller
 from starserve.cluster.migration import MigrationConfig
 from starserve.cluster.policies import bind_policy
-from starserve.cluster.types import MigrationRecord, OutputChunk, StageInfo
-from starserve.cluster.worker import Handoff, InstancePoll, InstanceWorker, WorkerConfig
+from starserve.cluster.types import (
+    Handoff,
+    InstancePoll,
+    MigrationRecord,
+    OutputChunk,
+    StageInfo,
+    WorkerConfig,
+)
+from starserve.cluster.worker import InstanceWorker
 from starserve.paths import REPO_ROOT
 
 log = logging.getLogger(__name__)

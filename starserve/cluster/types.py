@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
+
+from starserve.policy.types import InstanceSnapshot
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,3 +63,30 @@ class MigrationRecord:
     started_at_s: float  # wall clock (time.time()), comparable across local processes
     ended_at_s: float
     reason: str = ""  # why it aborted
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerConfig:
+    instance_id: int
+    engine_overrides: dict[str, Any] = field(default_factory=dict)  # EngineConfig fields
+    predictor_path: str | None = None
+    use_predictor: bool = True
+    idle_wait_s: float = 0.05
+
+
+@dataclass(frozen=True, slots=True)
+class Handoff:
+    """What a prefill instance reports after the first token (the KV snapshot travels apart)."""
+
+    request_id: str
+    num_prompt_tokens: int
+    finished: bool  # the first token already ended it: nothing to hand off
+    predicted_output_tokens: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class InstancePoll:
+    snapshot: InstanceSnapshot
+    num_running: int
+    num_preemptions_total: int
+    num_steps: int

@@ -14,40 +14,14 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from starserve.cluster.locking import CallFirstLock
 from starserve.cluster.predictions import PredictionTable
-from starserve.cluster.types import OutputChunk, StageInfo
+from starserve.cluster.types import Handoff, InstancePoll, OutputChunk, StageInfo, WorkerConfig
 from starserve.policy.types import InstanceSnapshot, RequestLoad
 
 log = logging.getLogger(__name__)
 
 FAULTS = ("reserve", "write_stage", "commit")  # test hooks: make that destination call fail
-
-
-@dataclass(frozen=True, slots=True)
-class WorkerConfig:
-    instance_id: int
-    engine_overrides: dict[str, Any] = field(default_factory=dict)  # EngineConfig fields
-    predictor_path: str | None = None
-    use_predictor: bool = True
-    idle_wait_s: float = 0.05
-
-
-@dataclass(frozen=True, slots=True)
-class Handoff:
-    """What a prefill instance reports after the first token (the KV snapshot travels apart)."""
-
-    request_id: str
-    num_prompt_tokens: int
-    finished: bool  # the first token already ended it: nothing to hand off
-    predicted_output_tokens: float | None
-
-
-@dataclass(frozen=True, slots=True)
-class InstancePoll:
-    snapshot: InstanceSnapshot
-    num_running: int
-    num_preemptions_total: int
-    num_steps: int
 
 
 @dataclass(slots=True)
@@ -56,34 +30,6 @@ class _Pending:
     handoff: Handoff | None = None
     snapshot: Any = None
     error: str | None = None
-
-
-class _CallFirstLock:
-    """The engine lock: a caller waiting for it goes before the stepping thread's next step.
-
-    A plain lock is not fair: the stepping thread would release and re-take it at once and
-    starve the controller's calls (a migration stage could wait for many steps).
-    """
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.num_waiting = 0
-        self._count = threading.Lock()
-
-    def __enter__(self) -> None:
-        with self._count:
-            self.num_waiting += 1
-        self.lock.acquire()
-        with self._count:
-            self.num_waiting -= 1
-
-    def __exit__(self, *exc: object) -> None:
-        self.lock.release()
-
-    def let_callers_in(self) -> None:
-        """Called by the stepping thread between steps."""
-        while self.num_waiting:
-            time.sleep(0.0002)
 
 
 class InstanceWorker:
@@ -100,7 +46,7 @@ class InstanceWorker:
             engine, predictor = build_engine(config, weights)
         self.engine = engine
         self.predictions = PredictionTable(predictor)
-        self._lock = _CallFirstLock()
+        self._lock = CallFirstLock()
         self._wakeup = threading.Event()  # set when work may have arrived
         self._outputs: list[OutputChunk] = []
         self._out_cond = threading.Condition()
