@@ -28,7 +28,9 @@ class InstanceHandle(Protocol):
     async def export_stage(
         self, request_id: str, since_stage: int | None
     ) -> tuple[StageInfo, Any] | None: ...
-    async def pause(self, request_id: str) -> bool: ...
+    async def pause_and_export(
+        self, request_id: str, since_stage: int | None
+    ) -> tuple[StageInfo, Any] | None: ...
     async def resume(self, request_id: str) -> None: ...
     async def release(self, request_id: str) -> None: ...
     async def reserve(self, request_id: str, num_tokens: int) -> bool: ...
@@ -71,8 +73,11 @@ class LocalInstance:
         info, snap = await self._call("export_stage", request_id, since_stage)
         return None if info is None else (info, snap)
 
-    async def pause(self, request_id: str) -> bool:
-        return bool(await self._call("pause", request_id))
+    async def pause_and_export(
+        self, request_id: str, since_stage: int | None
+    ) -> tuple[StageInfo, Any] | None:
+        info, snap = await self._call("pause_and_export", request_id, since_stage)
+        return None if info is None else (info, snap)
 
     async def resume(self, request_id: str) -> None:
         await self._call("resume", request_id)

@@ -61,14 +61,20 @@ class RayInstance:
     async def export_stage(
         self, request_id: str, since_stage: int | None
     ) -> tuple[StageInfo, Any] | None:
-        info_ref, snapshot_ref = self.actor.export_stage.options(num_returns=2).remote(
-            request_id, since_stage
-        )
+        return await self._export("export_stage", request_id, since_stage)
+
+    async def pause_and_export(
+        self, request_id: str, since_stage: int | None
+    ) -> tuple[StageInfo, Any] | None:
+        return await self._export("pause_and_export", request_id, since_stage)
+
+    async def _export(
+        self, method: str, request_id: str, since_stage: int | None
+    ) -> tuple[StageInfo, Any] | None:
+        remote = getattr(self.actor, method).options(num_returns=2).remote
+        info_ref, snapshot_ref = remote(request_id, since_stage)
         info = await info_ref
         return None if info is None else (info, snapshot_ref)
-
-    async def pause(self, request_id: str) -> bool:
-        return bool(await self.actor.pause.remote(request_id))
 
     async def resume(self, request_id: str) -> None:
         await self.actor.resume.remote(request_id)

@@ -33,8 +33,11 @@ class MigrationSource(Protocol):
         running there (finished or aborted). Never pauses or frees."""
         ...
 
-    async def pause(self, request_id: str) -> bool:
-        """Stop scheduling the request; False when it already finished."""
+    async def pause_and_export(
+        self, request_id: str, since_stage: int | None
+    ) -> tuple[StageInfo, Any] | None:
+        """Stop scheduling the request and export what `since_stage` lacks, in one call (the
+        request waits for no engine step in between); None when it already finished."""
         ...
 
     async def resume(self, request_id: str) -> None:
@@ -58,7 +61,7 @@ class MigrationDestination(Protocol):
         ...
 
     async def commit(self, payload: Any) -> None:
-        """Adopt the request from its final stage and start decoding it."""
+        """Copy the final stage's blocks, adopt the request and start decoding it."""
         ...
 
     async def abort_import(self, request_id: str) -> None:
@@ -133,13 +136,13 @@ class Migration:
         await self._final_stage(info)
 
     async def _final_stage(self, last: StageInfo) -> None:
-        if not await self._src(self.src.pause(self.request_id)):
+        final = await self._src(self.src.pause_and_export(self.request_id, last.stage))
+        if final is None:
             raise _Abort(MigrationStatus.ABORTED_SRC, "request finished on the source")
         self.paused = True
+        self.num_stages += 1
         paused_at = time.perf_counter()
-        info, payload = await self._export(last.stage)
-        await self._dst(self.dst.write_stage(payload))
-        await self._dst(self.dst.commit(payload))
+        await self._dst(self.dst.commit(final[1]))
         self.pause_s = time.perf_counter() - paused_at
         self.paused = False  # the destination owns it now; never resume on the source
         try:

@@ -255,18 +255,25 @@ class InstanceWorker:
         with self._lock:
             if not self._is_running(request_id):
                 return None, None
-            snap = self.engine.export_request(request_id, since_stage)
+            return self._export_locked(request_id, since_stage)
+
+    def _export_locked(self, request_id: str, since_stage: int | None) -> tuple[StageInfo, Any]:
+        snap = self.engine.export_request(request_id, since_stage)
         info = StageInfo(
             stage=snap.stage, num_tokens=len(snap.token_ids), num_kv_blocks=int(snap.kv.shape[2])
         )
         return info, snap
 
-    def pause(self, request_id: str) -> bool:
+    def pause_and_export(
+        self, request_id: str, since_stage: int | None
+    ) -> tuple[StageInfo | None, Any]:
+        """Pause the request and export the final stage under one lock: (None, None) when it
+        is no longer running here."""
         with self._lock:
             if not self._is_running(request_id):
-                return False
+                return None, None
             self.engine.pause_request(request_id)
-            return True
+            return self._export_locked(request_id, since_stage)
 
     def resume(self, request_id: str) -> None:
         with self._lock:
@@ -305,6 +312,7 @@ class InstanceWorker:
     def commit(self, snapshot: Any) -> None:
         self._maybe_fail("commit")
         with self._lock:
+            self.engine.write_import_stage(snapshot)
             self.engine.commit_import(snapshot)
             self._wakeup.set()
 
