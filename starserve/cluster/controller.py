@@ -16,10 +16,11 @@ from starserve.cluster.handles import InstanceHandle
 from starserve.cluster.migration import Migration, MigrationConfig
 from starserve.cluster.policies import BoundPolicy
 from starserve.cluster.types import InstancePoll, MigrationRecord, MigrationStatus
-from starserve.policy.types import InstanceSnapshot, MigrationDecision, NewRequest
+from starserve.policy.types import InstanceSnapshot, MigrationDecision, NewRequest, RequestLoad
 
 log = logging.getLogger(__name__)
 
+MAX_REMEMBERED_ABORTS = 10_000
 IMPORT_RETRY_S = 0.05  # a full destination is retried (re-dispatched) after this long
 
 
@@ -47,9 +48,9 @@ class Controller:
     _polls: dict[int, InstancePoll] = field(default_factory=dict)
     _migrating: set[int] = field(default_factory=set)  # instance ids busy with a migration
     _records: list[MigrationRecord] = field(default_factory=list)
+    _aborted: dict[str, None] = field(default_factory=dict)  # insertion-ordered set
     _num_started: int = 0
     _prefill_rr: Any = None
-    _dispatch_lock: asyncio.Lock | None = None
     _task: asyncio.Task[None] | None = None
 
     def __post_init__(self) -> None:
@@ -57,7 +58,6 @@ class Controller:
 
     # --- lifecycle -----------------------------------------------------------------------
     async def start(self) -> None:
-        self._dispatch_lock = asyncio.Lock()
         await self._poll_once()
         self._task = asyncio.create_task(self._poll_loop())
 
@@ -94,22 +94,36 @@ class Controller:
         """Prefill, then hand the request to the decode instance the policy picks."""
         prefill = self.prefill[next(self._prefill_rr)]
         handoff, payload = await prefill.prefill(request_id, prompt, params)
-        if handoff.finished:
+        if handoff.finished or request_id in self._aborted:
             return
         new = NewRequest(request_id, handoff.num_prompt_tokens, handoff.predicted_output_tokens)
-        assert self._dispatch_lock is not None, "start() the controller first"
         while True:
-            async with self._dispatch_lock:
-                await self._poll_decode()
-                target = self._decode_by_id(self.policy.dispatch(self.decode_snapshots(), new))
-                try:
-                    await target.import_request(payload)
-                    await self._poll_decode()
-                    return
-                except Exception as err:  # EngineFullError crosses Ray wrapped: match by name
-                    if "EngineFullError" not in f"{type(err).__name__} {err}":
-                        raise
+            target = self._decode_by_id(self._dispatch(new))
+            try:
+                await target.import_request(payload)
+                return
+            except Exception as err:  # EngineFullError crosses Ray wrapped: match by name
+                if "EngineFullError" not in f"{type(err).__name__} {err}":
+                    raise
             await asyncio.sleep(IMPORT_RETRY_S)
+
+    def _dispatch(self, new: NewRequest) -> int:
+        """The policy's choice over the latest snapshots, which then count the new request
+        (until the next poll) so that a burst of arrivals does not all land on one instance."""
+        instance_id = self.policy.dispatch(self.decode_snapshots(), new)
+        poll = self._polls[instance_id]
+        snap = poll.snapshot
+        num_blocks = -(-(new.num_prompt_tokens + 1) // snap.block_size)
+        load = RequestLoad(
+            new.request_id, new.num_prompt_tokens + 1, 1, new.predicted_output_tokens
+        )
+        patched = dataclasses.replace(
+            snap,
+            requests=(*snap.requests, load),
+            num_free_blocks=max(0, snap.num_free_blocks - num_blocks),
+        )
+        self._polls[instance_id] = dataclasses.replace(poll, snapshot=patched)
+        return instance_id
 
     async def _poll_decode(self) -> None:
         polls = await asyncio.gather(*(h.poll() for h in self.decode))
@@ -122,6 +136,10 @@ class Controller:
         raise KeyError(f"policy chose unknown decode instance {instance_id}")
 
     async def abort(self, request_id: str) -> None:
+        """Drop the request wherever it is, and keep it from being dispatched or moved later."""
+        self._aborted[request_id] = None
+        while len(self._aborted) > MAX_REMEMBERED_ABORTS:
+            self._aborted.pop(next(iter(self._aborted)))
         await asyncio.gather(*(h.abort(request_id) for h in [*self.prefill, *self.decode]))
 
     # --- migration -----------------------------------------------------------------------
@@ -155,12 +173,13 @@ class Controller:
 
     async def _run_migration(self, decision: MigrationDecision) -> MigrationRecord:
         self._num_started += 1
+        dst = self._decode_by_id(decision.dst_instance_id)
         migration = Migration(
             request_id=decision.request_id,
             src_instance_id=decision.src_instance_id,
             dst_instance_id=decision.dst_instance_id,
             src=self._decode_by_id(decision.src_instance_id),
-            dst=self._decode_by_id(decision.dst_instance_id),
+            dst=dst,
             config=self.migration,
         )
         try:
@@ -168,6 +187,8 @@ class Controller:
         finally:
             self._migrating -= {decision.src_instance_id, decision.dst_instance_id}
         self._records.append(record)
+        if record.status is MigrationStatus.FINISHED and decision.request_id in self._aborted:
+            await dst.abort(decision.request_id)  # aborted while it moved
         return record
 
     def metrics(self, since: int = 0) -> ClusterMetrics:

@@ -10,18 +10,16 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from starserve.cluster.locking import CallFirstLock
+from starserve.cluster.migration_endpoint import MigrationEndpoint
 from starserve.cluster.predictions import PredictionTable
-from starserve.cluster.types import Handoff, InstancePoll, OutputChunk, StageInfo, WorkerConfig
+from starserve.cluster.types import Handoff, InstancePoll, OutputChunk, WorkerConfig
 from starserve.policy.types import InstanceSnapshot, RequestLoad
 
 log = logging.getLogger(__name__)
-
-FAULTS = ("reserve", "write_stage", "commit")  # test hooks: make that destination call fail
 
 
 @dataclass(slots=True)
@@ -32,7 +30,7 @@ class _Pending:
     error: str | None = None
 
 
-class InstanceWorker:
+class InstanceWorker(MigrationEndpoint):
     """One prefill or decode instance. Roles differ only in how requests arrive."""
 
     def __init__(self, config: WorkerConfig, weights: Any = None, engine: Any = None):
@@ -199,8 +197,14 @@ class InstanceWorker:
             return bool(self.engine.can_import(num_tokens))
 
     def abort(self, request_id: str) -> None:
-        with self._lock, contextlib.suppress(KeyError, ValueError):  # not here (anymore)
-            self.engine.abort_request(request_id)
+        """Drop the request if it is here (a waiting `prefill` call then raises)."""
+        with self._lock:
+            with contextlib.suppress(KeyError, ValueError):  # not here (anymore)
+                self.engine.abort_request(request_id)
+            pending = self._pending.pop(request_id, None)
+        if pending is not None:
+            pending.error = f"request {request_id} aborted"
+            pending.event.set()
 
     def wait_outputs(self, timeout_s: float) -> list[OutputChunk]:
         """Chunks produced since the last call; waits up to `timeout_s` for the first one."""
@@ -246,86 +250,3 @@ class InstanceWorker:
             num_preemptions_total=stats.num_preemptions_total,
             num_steps=self.num_steps,
         )
-
-    # --- migration: source side ----------------------------------------------------------
-    def export_stage(
-        self, request_id: str, since_stage: int | None
-    ) -> tuple[StageInfo | None, Any]:
-        """(stage info, KV snapshot), or (None, None) when the request is not running here."""
-        with self._lock:
-            if not self._is_running(request_id):
-                return None, None
-            return self._export_locked(request_id, since_stage)
-
-    def _export_locked(self, request_id: str, since_stage: int | None) -> tuple[StageInfo, Any]:
-        snap = self.engine.export_request(request_id, since_stage)
-        info = StageInfo(
-            stage=snap.stage, num_tokens=len(snap.token_ids), num_kv_blocks=int(snap.kv.shape[2])
-        )
-        return info, snap
-
-    def pause_and_export(
-        self, request_id: str, since_stage: int | None
-    ) -> tuple[StageInfo | None, Any]:
-        """Pause the request and export the final stage under one lock: (None, None) when it
-        is no longer running here."""
-        with self._lock:
-            if not self._is_running(request_id):
-                return None, None
-            self.engine.pause_request(request_id)
-            return self._export_locked(request_id, since_stage)
-
-    def resume(self, request_id: str) -> None:
-        with self._lock:
-            self.engine.resume_request(request_id)
-            self._wakeup.set()
-
-    def release(self, request_id: str) -> None:
-        with self._lock:
-            self.engine.release_request(request_id)
-        self.predictions.forget(request_id)
-
-    def _is_running(self, request_id: str) -> bool:
-        return any(rid == request_id for rid, _, _ in self.engine.stats().requests)
-
-    # --- migration: destination side -----------------------------------------------------
-    def set_fault(self, call: str | None) -> None:
-        """Test hook: make the destination call `call` fail (None clears every fault)."""
-        if call is not None and call not in FAULTS:
-            raise ValueError(f"unknown fault {call!r}; choose from {FAULTS}")
-        self._faults = set() if call is None else {call}
-
-    def _maybe_fail(self, call: str) -> None:
-        if call in self._faults:
-            raise RuntimeError(f"injected fault in {call} on instance {self.instance_id}")
-
-    def reserve(self, request_id: str, num_tokens: int) -> bool:
-        self._maybe_fail("reserve")
-        with self._lock:
-            return bool(self.engine.reserve_import(request_id, num_tokens))
-
-    def write_stage(self, snapshot: Any) -> None:
-        self._maybe_fail("write_stage")
-        with self._lock:
-            self.engine.write_import_stage(snapshot)
-
-    def commit(self, snapshot: Any) -> None:
-        self._maybe_fail("commit")
-        with self._lock:
-            self.engine.write_import_stage(snapshot)
-            self.engine.commit_import(snapshot)
-            self._wakeup.set()
-
-    def abort_import(self, request_id: str) -> None:
-        with self._lock:
-            self.engine.abort_import(request_id)
-
-    def wait_until_idle(self, timeout_s: float) -> bool:
-        """True once no request is left (tests)."""
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            with self._lock:
-                if not self.engine.has_unfinished_requests():
-                    return True
-            time.sleep(0.01)
-        return False
