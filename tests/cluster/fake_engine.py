@@ -15,6 +15,10 @@ import torch
 EOS = 2
 
 
+class EngineFullError(RuntimeError):
+    """Same name as the engine's: the controller retries imports that fail with it."""
+
+
 @dataclass(slots=True)
 class FakeParams:
     max_tokens: int = 16
@@ -184,6 +188,15 @@ class FakeEngine:
         self.free_block_ids.extend(req.block_ids[needed:])
         del req.block_ids[needed:]
         req.importing = False
+
+    def can_import(self, num_tokens: int) -> bool:
+        return -(-num_tokens // self.block_size) <= len(self.free_block_ids)
+
+    def import_request(self, snap: FakeSnapshot) -> None:
+        if not self.reserve_import(snap.request_id, len(snap.token_ids)):
+            raise EngineFullError(f"no room for {snap.request_id}")
+        self.write_import_stage(snap)
+        self.commit_import(snap)
 
     def abort_import(self, request_id: str) -> None:
         self.release_request(request_id)
