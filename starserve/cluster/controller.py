@@ -76,9 +76,18 @@ class Controller:
                 log.exception("controller poll failed")
 
     async def _poll_once(self) -> None:
-        handles = [*self.prefill, *self.decode]
-        polls = await asyncio.gather(*(h.poll() for h in handles))
-        self._polls = {poll.snapshot.instance_id: poll for poll in polls}
+        await self._poll([*self.prefill, *self.decode])
+
+    async def _poll(self, handles: list[InstanceHandle]) -> None:
+        """Refresh snapshots; an instance that does not answer drops out of the policies'
+        view (nothing is dispatched or migrated to it) until it answers again."""
+        results = await asyncio.gather(*(h.poll() for h in handles), return_exceptions=True)
+        for handle, result in zip(handles, results, strict=True):
+            if isinstance(result, BaseException):
+                if self._polls.pop(handle.instance_id, None) is not None:
+                    log.warning("instance %s does not answer: %r", handle.instance_id, result)
+            else:
+                self._polls[handle.instance_id] = result
 
     def decode_snapshots(self) -> list[InstanceSnapshot]:
         return [
@@ -126,8 +135,7 @@ class Controller:
         return instance_id
 
     async def _poll_decode(self) -> None:
-        polls = await asyncio.gather(*(h.poll() for h in self.decode))
-        self._polls.update({poll.snapshot.instance_id: poll for poll in polls})
+        await self._poll(self.decode)
 
     def _decode_by_id(self, instance_id: int) -> InstanceHandle:
         for handle in self.decode:
