@@ -147,7 +147,13 @@ class InstanceWorker(MigrationEndpoint):
         return list(self.engine.tokenizer.encode(prompt or ""))
 
     def max_model_len(self) -> int:
-        return int(self.engine.config.max_model_len)
+        """The context length this instance accepts (prompt + output tokens)."""
+        config = getattr(self.engine, "config", None)
+        if config is None:
+            from starserve.engine import EngineConfig
+
+            config = EngineConfig(**self.config.engine_overrides)
+        return int(config.max_model_len)
 
     def add_request(self, request_id: str, prompt: list[int], params: Any) -> None:
         """Run a request to completion here (raises ValueError on bad input)."""
