@@ -5,20 +5,30 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from starserve.errors import StarserveError
+
 log = logging.getLogger(__name__)
 
 
 def load_predictor_or_none(path: str | None) -> Any | None:
-    """The remaining-length predictor, or None (with a warning) when none is available."""
+    """The remaining-length predictor; without one (none shipped yet, or its package missing)
+    None with a warning, so that predictive policies fall back to current load. A predictor
+    the user named explicitly must load."""
     try:
-        from starserve.predictor import load_predictor
-    except ImportError:
-        log.warning("starserve.predictor is not installed: policies see current load only")
+        from starserve.predictor.runtime import load_predictor
+    except ImportError as err:
+        if path is not None:
+            raise StarserveError(
+                f"--predictor {path}: predictor package unavailable ({err})"
+            ) from None
+        log.warning("no predictor package (%s): policies see current load only", err)
         return None
     try:
         return load_predictor(path)
-    except (FileNotFoundError, OSError) as err:
-        log.warning("no predictor (%s): policies see current load only", err)
+    except (StarserveError, OSError) as err:
+        if path is not None:
+            raise
+        log.warning("no shipped predictor (%s): policies see current load only", err)
         return None
 
 
