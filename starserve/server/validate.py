@@ -35,8 +35,6 @@ def sampling_params(
     request: CompletionRequest | ChatCompletionRequest, num_prompt_tokens: int, max_model_len: int
 ) -> Any:
     """Engine `SamplingParams` for the request; ApiError(400) on any invalid value."""
-    from starserve.engine import SamplingParams
-
     if num_prompt_tokens == 0:
         raise ApiError(400, "the prompt is empty", param="prompt")
     if request.n != 1:
@@ -48,6 +46,7 @@ def sampling_params(
             f"the prompt has {num_prompt_tokens} tokens.",
             param="prompt",
         )
+    _check_ranges(request)
     room = max_model_len - num_prompt_tokens
     max_tokens = request.max_completion_tokens or request.max_tokens
     if max_tokens is None:
@@ -60,6 +59,8 @@ def sampling_params(
             f"{max_tokens} for the completion).",
             param="max_tokens",
         )
+    from starserve.engine import SamplingParams
+
     stop = (request.stop,) if isinstance(request.stop, str) else tuple(request.stop or ())
     params = SamplingParams(
         max_tokens=max_tokens,
@@ -75,3 +76,17 @@ def sampling_params(
     except ValueError as err:
         raise ApiError(400, str(err)) from None
     return params
+
+
+def _check_ranges(request: CompletionRequest | ChatCompletionRequest) -> None:
+    """OpenAI's documented ranges (the engine checks its own invariants as well)."""
+    checks = (
+        ("temperature", request.temperature, lambda v: 0 <= v <= 2, "between 0 and 2"),
+        ("top_p", request.top_p, lambda v: 0 < v <= 1, "in (0, 1]"),
+        ("max_tokens", request.max_tokens, lambda v: v >= 1, "at least 1"),
+        ("max_completion_tokens", request.max_completion_tokens, lambda v: v >= 1, "at least 1"),
+        ("top_k", request.top_k, lambda v: v >= -1, "-1 (off), 0 (off) or positive"),
+    )
+    for name, value, ok, expected in checks:
+        if value is not None and not ok(value):
+            raise ApiError(400, f"{name} must be {expected}, got {value}", param=name)
