@@ -89,8 +89,7 @@ class MigrationEndpoint:
     def commit(self, snapshot: Any) -> None:
         self._maybe_fail("commit")
         with self._lock:
-            self.engine.write_import_stage(snapshot)
-            self.engine.commit_import(snapshot)
+            self.engine.commit_import(snapshot)  # writes the final stage too
             self._wakeup.set()
 
     def abort_import(self, request_id: str) -> None:

@@ -144,16 +144,11 @@ class InstanceWorker(MigrationEndpoint):
         """Token ids of a completion prompt or of chat messages (with the chat template)."""
         if messages is not None:
             return list(self.engine.apply_chat_template(messages))
-        return list(self.engine.tokenizer.encode(prompt or ""))
+        return list(self.engine.encode(prompt or ""))
 
     def max_model_len(self) -> int:
         """The context length this instance accepts (prompt + output tokens)."""
-        config = getattr(self.engine, "config", None)
-        if config is None:
-            from starserve.engine import EngineConfig
-
-            config = EngineConfig(**self.config.engine_overrides)
-        return int(config.max_model_len)
+        return int(self.engine.max_model_len)
 
     def add_request(self, request_id: str, prompt: list[int], params: Any) -> None:
         """Run a request to completion here (raises ValueError on bad input)."""

@@ -85,8 +85,12 @@ class FakeEngine:
         self.kv = torch.zeros(1, 2, num_blocks, block_size, 1, 1)
         self.free_block_ids = list(range(num_blocks))
         self.requests: dict[str, _Req] = {}
+        self.max_model_len = 256
 
     # --- serving ---
+    def encode(self, prompt: str) -> list[int]:
+        return [ord(c) % 90 + 3 for c in prompt]
+
     def add_request(self, request_id: str, prompt: list[int], params: FakeParams) -> None:
         if request_id in self.requests:
             raise ValueError("duplicate id")
@@ -177,6 +181,7 @@ class FakeEngine:
             self.kv[:, :, req.block_ids[snap.first_block_index + i]] = snap.kv[:, :, i]
 
     def commit_import(self, snap: FakeSnapshot) -> None:
+        self.write_import_stage(snap)
         req = self.requests[snap.request_id]
         req.token_ids, req.num_prompt_tokens, req.params = (
             list(snap.token_ids),
@@ -195,7 +200,6 @@ class FakeEngine:
     def import_request(self, snap: FakeSnapshot) -> None:
         if not self.reserve_import(snap.request_id, len(snap.token_ids)):
             raise EngineFullError(f"no room for {snap.request_id}")
-        self.write_import_stage(snap)
         self.commit_import(snap)
 
     def abort_import(self, request_id: str) -> None:
