@@ -189,11 +189,21 @@ def _init_ray(config: ClusterConfig, address: str | None) -> bool:
     return True
 
 
+def _load_weights(config: ClusterConfig) -> Any:
+    """The model every instance serves, loaded (and converted from GGUF, on first use) once
+    here rather than concurrently in each actor."""
+    from starserve.model.loader import load_model
+
+    overrides = config.engine_overrides()
+    return load_model(overrides.get("model"), overrides.get("dtype", "float32"))
+
+
 def launch_cluster(config: ClusterConfig, address: str | None = None) -> Cluster:
     """Start (or join, with `address`) Ray, the instance actors and the controller."""
     import ray
 
     owns_ray = _init_ray(config, address)
+    weights_ref = ray.put(_load_weights(config))  # load once; every instance unpickles a copy
     worker_cls = ray.remote(InstanceWorker).options(
         num_cpus=config.num_cpus_per_instance, max_concurrency=MAX_ACTOR_CONCURRENCY
     )
@@ -204,7 +214,8 @@ def launch_cluster(config: ClusterConfig, address: str | None = None) -> Cluster
                 engine_overrides=config.engine_overrides(),
                 predictor_path=config.predictor,
                 use_predictor=config.use_predictor,
-            )
+            ),
+            weights_ref,
         )
         for i in range(config.num_prefill + config.num_decode)
     ]
