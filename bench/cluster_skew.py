@@ -1,8 +1,9 @@
 """STAR vs round_robin on a length-skewed load: 1 prefill + 2 decode instances on Ray.
 
-For each policy this starts the real cluster and HTTP server, drives it with `starserve bench`
-(a subprocess, exactly the command users run) at a fixed open-loop rate, and reads the
-cluster's own counters (preemptions, migrations, migration pauses) from /v1/cluster/stats.
+One cluster (real engines, models loaded once) is warmed up, then each policy gets a fresh
+controller and HTTP server over the same idle instances, is driven by `starserve bench` (a
+subprocess, exactly the command users run) at a fixed open-loop rate, and the cluster's own
+counters (preemptions, migrations, migration pauses) are read from /v1/cluster/stats.
 
 The workload is built from real prompts: short-answer chat instructions (AlpacaEval) mixed
 with competition math problems (MATH-500) that push the model to long answers; each request's
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import socket
 import subprocess
@@ -26,9 +28,14 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from starserve.cluster.config import ClusterConfig
-from starserve.paths import cache_dir, data_dir
-from starserve.server.run import ServeOptions, running_server
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))  # this checkout's starserve, wherever it is run from
+
+from starserve.cluster.config import ClusterConfig  # noqa: E402
+from starserve.cluster.launch import launch_cluster, switch_policy  # noqa: E402
+from starserve.paths import cache_dir, data_dir  # noqa: E402
+from starserve.server.app import ServerSettings  # noqa: E402
+from starserve.server.run import Listener, default_model_name, serving  # noqa: E402
 
 
 def build_workload(
@@ -58,28 +65,45 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def run_policy(
-    policy: str, args: argparse.Namespace, workload: Path, out_dir: Path
+def get_stats(base_url: str) -> dict[str, Any]:
+    with urllib.request.urlopen(f"{base_url}/v1/cluster/stats") as response:
+        result: dict[str, Any] = json.load(response)
+    return result
+
+
+def run_bench(
+    base_url: str, workload: Path, num: int, rate: float, seed: int, out: Path
 ) -> dict[str, Any]:
+    """`starserve bench` in a subprocess, exactly as a user runs it; its saved result."""
+    command = [
+        sys.executable, "-m", "starserve", "bench", "--base-url", base_url,
+        "--dataset", str(workload), "--num-prompts", str(num), "--request-rate", str(rate),
+        "--seed", str(seed), "--save-result", str(out),
+    ]  # fmt: skip
+    print(f"$ starserve {' '.join(command[3:])}", flush=True)
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")]),
+    }
+    subprocess.run(command, check=True, cwd=REPO_ROOT, env=env)
+    result: dict[str, Any] = json.loads(out.read_text())
+    return result
+
+
+def run_policy(
+    cluster: Any, policy: str, args: argparse.Namespace, workload: Path, out_dir: Path
+) -> dict[str, Any]:
+    """One measured run of `policy` (the cluster's controller runs it) on warm, idle instances."""
     port = free_port()
-    cluster = ClusterConfig(
-        num_prefill=1, num_decode=2, policy=policy, engine={"num_kv_blocks": args.kv_blocks}
-    )
-    result_file = out_dir / f"bench_{policy}.json"
-    with running_server(ServeOptions(cluster=cluster, port=port)):
-        base_url = f"http://127.0.0.1:{port}"
-        command = [
-            sys.executable, "-m", "starserve", "bench", "--base-url", base_url,
-            "--dataset", str(workload), "--num-prompts", str(args.num_prompts),
-            "--request-rate", str(args.request_rate), "--seed", str(args.seed),
-            "--save-result", str(result_file),
-        ]  # fmt: skip
-        print(f"[{policy}] {' '.join(command[1:])}", flush=True)
-        started = time.perf_counter()
-        subprocess.run(command, check=True)
-        with urllib.request.urlopen(f"{base_url}/v1/cluster/stats") as response:
-            stats = json.load(response)
-    bench = json.loads(result_file.read_text())
+    base_url = f"http://127.0.0.1:{port}"
+    settings = ServerSettings(default_model_name(None))
+    started = time.perf_counter()
+    with serving(cluster, [Listener(settings, "127.0.0.1", port)]):
+        before = get_stats(base_url)["preemptions_per_instance"]
+        bench = run_bench(base_url, workload, args.num_prompts, args.request_rate, args.seed,
+                          out_dir / f"bench_{policy}.json")  # fmt: skip
+        stats = get_stats(base_url)
+    preemptions = {k: v - before.get(k, 0) for k, v in stats["preemptions_per_instance"].items()}
     return {
         "wall_s": round(time.perf_counter() - started, 1),
         "completed": bench["completed"],
@@ -89,11 +113,20 @@ def run_policy(
         "p99_ttft_ms": bench["p99_ttft_ms"],
         "p99_itl_ms": bench["p99_itl_ms"],
         "output_throughput": bench["output_throughput"],
-        "preemptions": sum(stats["preemptions_per_instance"].values()),
+        "preemptions": sum(preemptions.values()),
         "migrations_started": stats["migrations_started"],
         "migrations_by_status": stats["migrations_by_status"],
         "migration_pauses": stats["migration_pauses"],
     }
+
+
+def warm_up(cluster: Any, workload: Path, out_dir: Path) -> None:
+    """A few requests first, so that no measured policy pays for cold instances."""
+    port = free_port()
+    with serving(cluster, [Listener(ServerSettings(default_model_name(None)), "127.0.0.1", port)]):
+        run_bench(
+            f"http://127.0.0.1:{port}", workload, 6, float("inf"), 99, out_dir / "warmup.json"
+        )
 
 
 def pause_summary(pauses: list[dict[str, Any]]) -> dict[str, Any]:
@@ -128,21 +161,33 @@ def main() -> None:
         "--long-fraction", type=float, default=0.25, help="share of long-answer prompts"
     )
     parser.add_argument("--short-cap", type=int, default=32, help="output cap of short requests")
-    parser.add_argument("--long-cap", type=int, default=384, help="output cap of long requests")
+    parser.add_argument("--long-cap", type=int, default=256, help="output cap of long requests")
     parser.add_argument(
         "--kv-blocks", type=int, default=96, help="KV blocks per instance (16 tokens each)"
     )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     if args.quick:
-        args.num_prompts, args.long_cap = 24, 128
+        args.num_prompts, args.long_cap, args.request_rate = 12, 64, 2.0
     out_dir = cache_dir() / "cluster_skew"
     out_dir.mkdir(parents=True, exist_ok=True)
     workload = out_dir / f"workload_seed{args.seed}.jsonl"
     build_workload(
         workload, args.num_prompts, args.long_fraction, args.short_cap, args.long_cap, args.seed
     )
-    per_policy = {p: run_policy(p, args, workload, out_dir) for p in args.policies.split(",")}
+    policies = args.policies.split(",")
+    config = ClusterConfig(
+        num_prefill=1, num_decode=2, policy=policies[0], engine={"num_kv_blocks": args.kv_blocks}
+    )
+    cluster = launch_cluster(config)
+    try:
+        warm_up(cluster, workload, out_dir)
+        per_policy = {}
+        for policy in policies:
+            cluster = switch_policy(cluster, policy)
+            per_policy[policy] = run_policy(cluster, policy, args, workload, out_dir)
+    finally:
+        cluster.shutdown()
     result: dict[str, Any] = {
         "settings": {k: v for k, v in vars(args).items()},
         "policies": {

@@ -8,6 +8,7 @@ decode instance, so the bytes never pass through the controller.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from dataclasses import dataclass
@@ -222,14 +223,33 @@ def launch_cluster(config: ClusterConfig, address: str | None = None) -> Cluster
     ray.get([actor.ready.remote() for actor in actors])
     ray.get([actor.start.remote() for actor in actors])
     prefill, decode = actors[: config.num_prefill], actors[config.num_prefill :]
-    controller: Any = (
-        ray.remote(ControllerActor).options(num_cpus=0).remote(prefill, decode, config)
-    )
-    ray.get(controller.start.remote())
     return Cluster(
-        controller=controller,
+        controller=_start_controller(prefill, decode, config),
         prefill=[RayInstance(a, i) for i, a in enumerate(prefill)],
         decode=[RayInstance(a, i + len(prefill)) for i, a in enumerate(decode)],
         config=config,
         owns_ray=owns_ray,
     )
+
+
+def _start_controller(prefill: list[Any], decode: list[Any], config: ClusterConfig) -> Any:
+    import ray
+
+    controller: Any = (
+        ray.remote(ControllerActor).options(num_cpus=0).remote(prefill, decode, config)
+    )
+    ray.get(controller.start.remote())
+    return controller
+
+
+def switch_policy(cluster: Cluster, policy: str) -> Cluster:
+    """The same (idle) instances under a new controller running `policy` (benches compare
+    policies without reloading models); the old controller is stopped."""
+    import ray
+
+    ray.kill(cluster.controller)
+    config = cluster.config.model_copy(update={"policy": policy})
+    prefill = [h.actor for h in cluster.prefill]
+    decode = [h.actor for h in cluster.decode]
+    controller = _start_controller(prefill, decode, config)
+    return dataclasses.replace(cluster, controller=controller, config=config)
