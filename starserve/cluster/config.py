@@ -24,7 +24,6 @@ class ClusterConfig(Settings):
     migration_max_stages: int = Field(3, ge=1, description="stages including the final one")
     migration_final_stage_max_blocks: int = Field(16, ge=0, description="final-stage size")
     max_concurrent_migrations: int = Field(1, ge=1, description="migrations in flight at once")
-    seed: int = Field(0, description="seed of the policies' random generator")
 
     def engine_overrides(self) -> dict[str, Any]:
         overrides = dict(self.engine)

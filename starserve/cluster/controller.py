@@ -117,20 +117,15 @@ class Controller:
             await asyncio.sleep(IMPORT_RETRY_S)
 
     def _dispatch(self, new: NewRequest) -> int:
-        """The policy's choice over the latest snapshots, which then count the new request
-        (until the next poll) so that a burst of arrivals does not all land on one instance."""
+        """The policy's choice over the latest snapshots; until the next poll, that instance's
+        snapshot lists the request as dispatched-but-not-running (`waiting`), so a burst of
+        arrivals does not all land on one instance."""
         instance_id = self.policy.dispatch(self.decode_snapshots(), new)
         poll = self._polls[instance_id]
-        snap = poll.snapshot
-        num_blocks = -(-(new.num_prompt_tokens + 1) // snap.block_size)
         load = RequestLoad(
             new.request_id, new.num_prompt_tokens + 1, 1, new.predicted_output_tokens
         )
-        patched = dataclasses.replace(
-            snap,
-            requests=(*snap.requests, load),
-            num_free_blocks=max(0, snap.num_free_blocks - num_blocks),
-        )
+        patched = dataclasses.replace(poll.snapshot, waiting=(*poll.snapshot.waiting, load))
         self._polls[instance_id] = dataclasses.replace(poll, snapshot=patched)
         return instance_id
 

@@ -105,7 +105,7 @@ class ControllerActor:
         self.controller = Controller(
             prefill=[RayInstance(a, i) for a, i in zip(prefill, prefill_ids, strict=True)],
             decode=[RayInstance(a, i) for a, i in zip(decode, decode_ids, strict=True)],
-            policy=bind_policy(config.policy, config.seed),
+            policy=bind_policy(config.policy),
             poll_interval_s=config.poll_interval_ms / 1000,
             migration=MigrationConfig(
                 max_stages=config.migration_max_stages,

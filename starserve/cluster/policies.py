@@ -1,22 +1,22 @@
-"""Look up the shared policy functions (`starserve.policy`) the controller calls.
+"""Bind the shared policy functions (`starserve.policy`) for the controller.
 
 The controller never decides anything itself: dispatch and rebalancing are the very
-functions the simulator runs, over the same frozen snapshots. This module only adapts
-their registries to two callables.
+functions the simulator runs, over the same frozen snapshots, looked up by name in
+`starserve.policy.registry`. This module only binds a named policy's parameters and its
+dispatch counter (the one piece of state a policy keeps, owned by the caller).
 """
 
 from __future__ import annotations
 
-import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from starserve.errors import StarserveError
 from starserve.policy.types import InstanceSnapshot, MigrationDecision, NewRequest
 
 DispatchFn = Callable[[Sequence[InstanceSnapshot], NewRequest], int]
 PlanFn = Callable[[Sequence[InstanceSnapshot]], list[MigrationDecision]]
+SIMULATOR_ONLY = ("oracle",)  # predictor kinds a live cluster cannot provide
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,33 +24,34 @@ class BoundPolicy:
     name: str
     dispatch: DispatchFn  # -> decode instance id
     plan_migrations: PlanFn
-
-
-def _registry() -> dict[str, object]:
-    from starserve import policy
-
-    registry: dict[str, object] | None = getattr(policy, "POLICIES", None)
-    if registry is None:
-        raise StarserveError("starserve.policy provides no policy registry")
-    return registry
+    uses_predictor: bool = False
 
 
 def policy_names() -> list[str]:
-    return sorted(_registry())
+    """Policies a live cluster can run (the simulator's oracle needs exact lengths)."""
+    from starserve.policy.registry import POLICIES
+
+    return [name for name, spec in POLICIES.items() if spec.predictor not in SIMULATOR_ONLY]
 
 
-def bind_policy(name: str, seed: int = 0) -> BoundPolicy:
-    """The named policy with its random generator bound (StarserveError if unknown)."""
-    registry = _registry()
-    if name not in registry:
-        raise StarserveError(f"unknown policy {name!r}; choose from {', '.join(sorted(registry))}")
-    spec: Any = registry[name]
-    rng = random.Random(seed)
+def bind_policy(name: str) -> BoundPolicy:
+    """The named policy, ready to call (StarserveError if unknown or simulator-only)."""
+    from starserve.policy.registry import get_policy
+
+    spec = get_policy(name)
+    if spec.predictor in SIMULATOR_ONLY:
+        raise StarserveError(
+            f"policy {name!r} needs exact remaining lengths: simulator only "
+            f"(choose from {', '.join(policy_names())})"
+        )
+    counter = 0
 
     def dispatch(snapshots: Sequence[InstanceSnapshot], request: NewRequest) -> int:
-        return int(spec.dispatch(snapshots, request, rng))
+        nonlocal counter
+        instance_id, counter = spec.dispatch_fn(snapshots, request, counter, spec.params)
+        return instance_id
 
     def plan(snapshots: Sequence[InstanceSnapshot]) -> list[MigrationDecision]:
-        return list(spec.rebalance(snapshots, rng))
+        return list(spec.rebalance_fn(snapshots, spec.params))
 
-    return BoundPolicy(name=name, dispatch=dispatch, plan_migrations=plan)
+    return BoundPolicy(name, dispatch, plan, uses_predictor=spec.predictor == "model")
