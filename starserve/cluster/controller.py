@@ -52,6 +52,7 @@ class Controller:
     _num_started: int = 0
     _prefill_rr: Any = None
     _task: asyncio.Task[None] | None = None
+    _migration_tasks: set[asyncio.Task[MigrationRecord]] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         self._prefill_rr = itertools.cycle(range(len(self.prefill)))
@@ -62,8 +63,10 @@ class Controller:
         self._task = asyncio.create_task(self._poll_loop())
 
     async def stop(self) -> None:
+        """Stop polling; migrations in flight finish (or roll back) first."""
         if self._task is not None:
             self._task.cancel()
+        await asyncio.gather(*self._migration_tasks, return_exceptions=True)
 
     async def _poll_loop(self) -> None:
         while True:
@@ -152,7 +155,9 @@ class Controller:
             if busy or len(self._migrating) >= 2 * self.max_concurrent_migrations:
                 continue
             self._migrating |= {decision.src_instance_id, decision.dst_instance_id}
-            asyncio.create_task(self._run_migration(decision))
+            task = asyncio.create_task(self._run_migration(decision))
+            self._migration_tasks.add(task)
+            task.add_done_callback(self._migration_tasks.discard)
 
     async def migrate(self, request_id: str, dst_instance_id: int | None = None) -> MigrationRecord:
         """Move `request_id` now (the controller API tests and operators use)."""

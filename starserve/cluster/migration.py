@@ -13,6 +13,7 @@ them and tests adapt in-process workers, so this module imports no Ray.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from dataclasses import dataclass
@@ -109,6 +110,9 @@ class Migration:
             self.status, reason = abort.status, abort.reason
             await self._rollback()
             log.info("migration of %s aborted (%s): %s", self.request_id, self.status, reason)
+        except asyncio.CancelledError:  # the controller is stopping: leave nothing half-moved
+            await asyncio.shield(self._rollback())
+            raise
         return MigrationRecord(
             request_id=self.request_id,
             src_instance_id=self.src_instance_id,
