@@ -14,7 +14,7 @@ from typing import Any
 
 from starserve.cluster.handles import InstanceHandle
 from starserve.cluster.migration import Migration, MigrationConfig
-from starserve.cluster.policies import BoundPolicy
+from starserve.cluster.policies import ControllerPolicy
 from starserve.cluster.types import InstancePoll, MigrationRecord, MigrationStatus
 from starserve.policy.types import InstanceSnapshot, MigrationDecision, NewRequest, RequestLoad
 
@@ -40,7 +40,7 @@ class ClusterMetrics:
 class Controller:
     prefill: list[InstanceHandle]
     decode: list[InstanceHandle]
-    policy: BoundPolicy
+    policy: ControllerPolicy
     poll_interval_s: float = 0.05
     migration: MigrationConfig = field(default_factory=MigrationConfig)
     max_concurrent_migrations: int = 1
@@ -121,14 +121,19 @@ class Controller:
 
     def _dispatch(self, new: NewRequest) -> int:
         """The policy's choice over the latest snapshots; until the next poll, that instance's
-        snapshot lists the request as dispatched-but-not-running (`waiting`), so a burst of
+        snapshot lists the request as incoming (dispatched, not decoding yet), so a burst of
         arrivals does not all land on one instance."""
         instance_id = self.policy.dispatch(self.decode_snapshots(), new)
         poll = self._polls[instance_id]
-        load = RequestLoad(
-            new.request_id, new.num_prompt_tokens + 1, 1, new.predicted_output_tokens
+        snap = poll.snapshot
+        num_tokens = new.num_prompt_tokens + 1
+        load = RequestLoad(new.request_id, num_tokens, 1, new.predicted_output_tokens)
+        patched = dataclasses.replace(
+            snap,
+            incoming=(*snap.incoming, load),
+            num_waiting=snap.num_waiting + 1,
+            num_waiting_blocks=snap.num_waiting_blocks + -(-num_tokens // snap.block_size),
         )
-        patched = dataclasses.replace(poll.snapshot, waiting=(*poll.snapshot.waiting, load))
         self._polls[instance_id] = dataclasses.replace(poll, snapshot=patched)
         return instance_id
 

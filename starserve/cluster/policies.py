@@ -1,30 +1,47 @@
-"""Bind the shared policy functions (`starserve.policy`) for the controller.
+"""The shared policy functions (`starserve.policy`), bound for the controller.
 
 The controller never decides anything itself: dispatch and rebalancing are the very
 functions the simulator runs, over the same frozen snapshots, looked up by name in
-`starserve.policy.registry`. This module only binds a named policy's parameters and its
-dispatch counter (the one piece of state a policy keeps, owned by the caller).
+`starserve.policy.registry` and called through its `PolicyRunner` (which keeps round robin's
+cursor). The controller depends only on the small `ControllerPolicy` protocol below.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from starserve.errors import StarserveError
 from starserve.policy.types import InstanceSnapshot, MigrationDecision, NewRequest
 
-DispatchFn = Callable[[Sequence[InstanceSnapshot], NewRequest], int]
-PlanFn = Callable[[Sequence[InstanceSnapshot]], list[MigrationDecision]]
 SIMULATOR_ONLY = ("oracle",)  # predictor kinds a live cluster cannot provide
 
 
+class ControllerPolicy(Protocol):
+    """What the controller calls (the registry's `PolicyRunner` is one)."""
+
+    @property
+    def name(self) -> str: ...
+
+    def dispatch(self, snapshots: Sequence[InstanceSnapshot], request: NewRequest) -> int: ...
+
+    def plan_migrations(self, snapshots: Sequence[InstanceSnapshot]) -> list[MigrationDecision]: ...
+
+
 @dataclass(frozen=True, slots=True)
-class BoundPolicy:
+class FunctionPolicy:
+    """A policy from two plain functions (tests drive the controller's mechanics with it)."""
+
     name: str
-    dispatch: DispatchFn  # -> decode instance id
-    plan_migrations: PlanFn
-    uses_predictor: bool = False
+    dispatch_fn: Callable[[Sequence[InstanceSnapshot], NewRequest], int]
+    plan_fn: Callable[[Sequence[InstanceSnapshot]], list[MigrationDecision]]
+
+    def dispatch(self, snapshots: Sequence[InstanceSnapshot], request: NewRequest) -> int:
+        return self.dispatch_fn(snapshots, request)
+
+    def plan_migrations(self, snapshots: Sequence[InstanceSnapshot]) -> list[MigrationDecision]:
+        return self.plan_fn(snapshots)
 
 
 def policy_names() -> list[str]:
@@ -34,8 +51,9 @@ def policy_names() -> list[str]:
     return [name for name, spec in POLICIES.items() if spec.predictor not in SIMULATOR_ONLY]
 
 
-def bind_policy(name: str) -> BoundPolicy:
-    """The named policy, ready to call (StarserveError if unknown or simulator-only)."""
+def bind_policy(name: str) -> ControllerPolicy:
+    """A fresh runner of the named registry policy (StarserveError if unknown or
+    simulator-only)."""
     from starserve.policy.registry import get_policy
 
     spec = get_policy(name)
@@ -44,14 +62,4 @@ def bind_policy(name: str) -> BoundPolicy:
             f"policy {name!r} needs exact remaining lengths: simulator only "
             f"(choose from {', '.join(policy_names())})"
         )
-    counter = 0
-
-    def dispatch(snapshots: Sequence[InstanceSnapshot], request: NewRequest) -> int:
-        nonlocal counter
-        instance_id, counter = spec.dispatch_fn(snapshots, request, counter, spec.params)
-        return instance_id
-
-    def plan(snapshots: Sequence[InstanceSnapshot]) -> list[MigrationDecision]:
-        return list(spec.rebalance_fn(snapshots, spec.params))
-
-    return BoundPolicy(name, dispatch, plan, uses_predictor=spec.predictor == "model")
+    return spec.bind()

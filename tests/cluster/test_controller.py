@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 from starserve.cluster.controller import Controller
 from starserve.cluster.handles import LocalInstance
-from starserve.cluster.policies import BoundPolicy
+from starserve.cluster.policies import FunctionPolicy
 from starserve.cluster.types import OutputChunk, WorkerConfig
 from starserve.cluster.worker import InstanceWorker
 from starserve.policy.types import InstanceSnapshot, MigrationDecision, NewRequest
@@ -60,7 +60,7 @@ def test_rebalancing_migrations_keep_every_output_exact() -> None:
     controller = Controller(
         prefill=[LocalInstance(made[0])],
         decode=[LocalInstance(made[1]), LocalInstance(made[2])],
-        policy=BoundPolicy("herd_then_spread", herd, spread),
+        policy=FunctionPolicy("herd_then_spread", herd, spread),
         poll_interval_s=0.01,
     )
 
@@ -96,7 +96,7 @@ def test_abort_frees_the_request_wherever_it_is() -> None:
     controller = Controller(
         prefill=[LocalInstance(made[0])],
         decode=[LocalInstance(made[1]), LocalInstance(made[2])],
-        policy=BoundPolicy("herd_then_spread", herd, spread),
+        policy=FunctionPolicy("herd_then_spread", herd, spread),
         poll_interval_s=0.01,
     )
 
