@@ -26,7 +26,11 @@ def command(
     policy: str = typer.Option(
         "star",
         "--policy",
-        help="Dispatch + rescheduling policy: round_robin, least_current_load, llumnix or star.",
+        help=(
+            "Dispatch + rescheduling policy from starserve.policy: round_robin, "
+            "least_current_load, least_predicted_load, llumnix, star, or the STAR ablations "
+            "star_no_migration, star_current_only, star_predicted_only."
+        ),
     ),
     model: Path | None = typer.Option(
         None, "--model", help="GGUF file or HF folder to serve (default: bundled SmolLM2-135M)."
