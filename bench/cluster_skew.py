@@ -72,13 +72,19 @@ def get_stats(base_url: str) -> dict[str, Any]:
 
 
 def run_bench(
-    base_url: str, workload: Path, num: int, rate: float, seed: int, out: Path
+    base_url: str,
+    workload: Path,
+    num: int,
+    rate: float,
+    seed: int,
+    out: Path,
+    extra: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     """`starserve bench` in a subprocess, exactly as a user runs it; its saved result."""
     command = [
         sys.executable, "-m", "starserve", "bench", "--base-url", base_url,
         "--dataset", str(workload), "--num-prompts", str(num), "--request-rate", str(rate),
-        "--seed", str(seed), "--save-result", str(out),
+        "--seed", str(seed), "--save-result", str(out), *extra,
     ]  # fmt: skip
     print(f"$ starserve {' '.join(command[3:])}", flush=True)
     env = {
@@ -100,8 +106,9 @@ def run_policy(
     started = time.perf_counter()
     with serving(cluster, [Listener(settings, "127.0.0.1", port)]):
         before = get_stats(base_url)["preemptions_per_instance"]
+        extra = ("--ignore-eos",) if args.ignore_eos else ()
         bench = run_bench(base_url, workload, args.num_prompts, args.request_rate, args.seed,
-                          out_dir / f"bench_{policy}.json")  # fmt: skip
+                          out_dir / f"bench_{policy}.json", extra)  # fmt: skip
         stats = get_stats(base_url)
     preemptions = {k: v - before.get(k, 0) for k, v in stats["preemptions_per_instance"].items()}
     return {
@@ -166,6 +173,9 @@ def main() -> None:
         "--kv-blocks", type=int, default=64, help="KV blocks per instance (16 tokens each)"
     )
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--ignore-eos", action="store_true", help="every request generates exactly its cap"
+    )
     args = parser.parse_args()
     if args.quick:
         args.num_prompts, args.long_cap, args.request_rate = 12, 64, 2.0
