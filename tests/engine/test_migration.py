@@ -60,7 +60,7 @@ def test_multi_stage_migration_continues_exactly(make_engine, chat_prompts, para
     tokens += run_until(source, "r", 9)  # the source keeps decoding between stages
     second = source.export_request("r", since_stage=first.stage)
     assert second.first_block_index == first.num_kv_tokens // 4
-    assert second.kv.shape[2] < first.kv.shape[2]  # only the blocks added since
+    assert second.kv.shape[3] < first.kv.shape[3]  # only the blocks added since
     destination.write_import_stage(second)
     source.pause_request("r")
     assert source.step() == []
