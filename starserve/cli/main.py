@@ -20,6 +20,7 @@ from starserve.errors import StarserveError
 SUBCOMMANDS: dict[str, str] = {
     "workload": "starserve.cli.workload",
     "simulate": "starserve.cli.simulate",
+    "model": "starserve.cli.model",
 }
 
 app = typer.Typer(
