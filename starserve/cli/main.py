@@ -22,6 +22,7 @@ SUBCOMMANDS: dict[str, str] = {
     "simulate": "starserve.cli.simulate",
     "serve": "starserve.cli.serve",
     "bench": "starserve.cli.bench",
+    "model": "starserve.cli.model",
 }
 
 app = typer.Typer(

@@ -36,3 +36,6 @@ class EngineConfig(Settings):
         None, ge=0, description="also tap the residual stream after this layer (TRAIL baseline)"
     )
     seed: int = Field(0, description="seed of the engine generator (requests without a seed)")
+    keep_freed_memory: bool = Field(
+        True, description="keep freed memory in the heap (fast KV snapshots; per process)"
+    )

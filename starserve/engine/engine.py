@@ -15,6 +15,7 @@ import torch
 from starserve.engine.block_manager import BlockManager, blocks_for
 from starserve.engine.config import EngineConfig
 from starserve.engine.detokenizer import Detokenizer
+from starserve.engine.memory import keep_freed_memory
 from starserve.engine.migration import MigrationMixin
 from starserve.engine.outputs import EngineStats, RequestOutput
 from starserve.engine.params import SamplingParams
@@ -32,6 +33,8 @@ class Engine(MigrationMixin):
     def __init__(self, config: EngineConfig, weights: LoadedModel | None = None) -> None:
         if config.num_threads is not None:
             torch.set_num_threads(config.num_threads)
+        if config.keep_freed_memory:
+            keep_freed_memory()
         weights = weights or load_model(config.model, config.dtype)
         if weights.dtype != config.dtype:
             raise ValueError(f"weights are {weights.dtype}, config asks for {config.dtype}")

@@ -61,8 +61,8 @@ class MigrationMixin:
             # A preemption since then recomputed the KV: send everything again.
             first_block = earlier // self.block_size if earlier <= num_kv_tokens else 0
         block_ids = seq.block_table[first_block : blocks_for(num_kv_tokens, self.block_size)]
+        # One copy, in the cache's own head-major layout [layers, 2, KV, blocks, bs, D].
         kv = self.kv_cache.index_select(3, torch.tensor(block_ids, dtype=torch.long))
-        kv = kv.permute(0, 1, 3, 4, 2, 5).contiguous()  # -> [layers, 2, blocks, bs, KV, D]
         stage = seq.next_stage
         seq.next_stage += 1
         seq.stage_num_kv_tokens[stage] = num_kv_tokens
@@ -131,9 +131,8 @@ class MigrationMixin:
                 raise EngineFullError(f"{snapshot.request_id}: no room for {num_blocks} KV blocks")
             blocks = self.blocks.reserve(snapshot.request_id, snapshot.num_kv_tokens)
         first = snapshot.first_block_index
-        target = torch.tensor(blocks[first : first + snapshot.kv.shape[2]], dtype=torch.long)
-        kv = snapshot.kv.to(self.kv_cache.dtype).permute(0, 1, 4, 2, 3, 5)  # -> cache layout
-        self.kv_cache.index_copy_(3, target, kv)
+        target = torch.tensor(blocks[first : first + snapshot.kv.shape[3]], dtype=torch.long)
+        self.kv_cache.index_copy_(3, target, snapshot.kv.to(self.kv_cache.dtype))
 
     def commit_import(self, snapshot: RequestSnapshot) -> None:
         """Write the final stage and start decoding the request here."""
@@ -171,9 +170,8 @@ class MigrationMixin:
             raise
 
     def _check_layout(self, snapshot: RequestSnapshot) -> None:
-        layers, two, heads, _, block_size, head_dim = self.kv_cache.shape
-        expected = (layers, two, block_size, heads, head_dim)
-        got = (*snapshot.kv.shape[:2], *snapshot.kv.shape[3:])
+        expected = (*self.kv_cache.shape[:3], *self.kv_cache.shape[4:])
+        got = (*snapshot.kv.shape[:3], *snapshot.kv.shape[4:])
         if snapshot.block_size != self.block_size or got != expected:
             raise ValueError(
                 f"snapshot KV layout {tuple(snapshot.kv.shape)} (block size {snapshot.block_size}) "

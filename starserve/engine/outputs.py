@@ -38,8 +38,9 @@ class DetokenizerState:
 class RequestSnapshot:
     """A running request, KV included, as plain tensors and dataclasses (Ray moves it as is).
 
-    `kv` is [num_layers, 2 (key, value), num_blocks, block_size, num_kv_heads, head_dim] in the
-    engine's dtype; block j of it is block `first_block_index + j` of the request's block table.
+    `kv` is [num_layers, 2 (key, value), num_kv_heads, num_blocks, block_size, head_dim] in the
+    engine's dtype (the cache's own head-major layout, so export and import copy once); block j
+    of it (`kv[:, :, :, j]`) is block `first_block_index + j` of the request's block table.
     The last block may be partly filled: only the first `num_kv_tokens` token positions of the
     request are meaningful.
     """

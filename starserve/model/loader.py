@@ -10,6 +10,8 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
+import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -95,8 +97,15 @@ def resolve_hf_dir(source: str | None) -> tuple[str, Path]:
         raise StarserveError(f"{path}: expected a .gguf file or a Hugging Face folder")
     folder = _gguf_cache_dir(path)
     if not (folder / "done").is_file():
-        export_hf(path, folder)
-        (folder / "done").write_text("ok\n")
+        # Convert into a private folder, then rename: concurrent first loads do not collide.
+        staging = folder.with_name(f"{folder.name}.tmp-{os.getpid()}")
+        shutil.rmtree(staging, ignore_errors=True)
+        export_hf(path, staging)
+        (staging / "done").write_text("ok\n")
+        try:
+            staging.rename(folder)
+        except OSError:  # another process finished first
+            shutil.rmtree(staging, ignore_errors=True)
     return str(path), folder
 
 

@@ -23,7 +23,10 @@ from dataclasses import dataclass
 from operator import itemgetter
 from typing import Literal
 
+import numpy as np
+
 from starserve.policy.types import InstanceSnapshot, NewRequest, RequestLoad
+from starserve.policy.vector import cluster_profiles
 
 WeightMode = Literal["dynamic", "current", "predicted"]
 MIN_DYNAMIC_WEIGHT = 0.5
@@ -221,6 +224,26 @@ def load_of_items(
     return mixed / capacity, overflow
 
 
+def cluster_loads(
+    snapshots: Sequence[InstanceSnapshot],
+    items: Mapping[int, Sequence[tuple[float, float]]],
+    ctx: StarContext,
+) -> dict[int, tuple[float, float]]:
+    """`load_of_items` of every instance, vectorised (what one policy round evaluates)."""
+    capacity = np.array([max(1, s.kv_capacity_tokens) for s in snapshots], dtype=np.float64)
+    groups = [items[s.instance_id] for s in snapshots]
+    sizes = np.array([len(g) for g in groups], dtype=np.float64)
+    usable = capacity - np.array([s.block_size for s in snapshots]) * sizes
+    bases = np.array([_untracked_waiting_tokens(s) for s in snapshots], dtype=np.float64)
+    current, peak, overflow = cluster_profiles(groups, usable, bases)
+    if not ctx.uses_predictions:  # nothing is known to finish: growth only
+        room = usable - current
+        with np.errstate(divide="ignore", invalid="ignore"):
+            overflow = np.where(room < 0, 0.0, np.where(sizes > 0, room / sizes, np.inf))
+    score = ((1.0 - ctx.weight) * current + ctx.weight * peak) / capacity
+    return {s.instance_id: (float(score[i]), float(overflow[i])) for i, s in enumerate(snapshots)}
+
+
 def star_dispatch_loads(
     snapshots: Sequence[InstanceSnapshot], request: NewRequest, weighting: StarWeighting
 ) -> dict[int, tuple[float, float]]:
@@ -233,6 +256,5 @@ def star_dispatch_loads(
         else max(0.0, request.predicted_output_tokens)
     )
     new_item = (float(request.num_prompt_tokens), remaining)
-    return {
-        s.instance_id: load_of_items(s, [*items[s.instance_id], new_item], ctx) for s in snapshots
-    }
+    with_new = {i: [*group, new_item] for i, group in items.items()}
+    return cluster_loads(snapshots, with_new, ctx)

@@ -15,6 +15,7 @@ from starserve.policy.load import (
     StarContext,
     StarWeighting,
     cluster_items,
+    cluster_loads,
     instance_items,
     llumnix_freeness,
     load_of_items,
@@ -166,7 +167,7 @@ def star_plan(
         return []
     items = cluster_items(snapshots)
     ctx = star_context(snapshots, params.weighting, items)
-    loads = {s.instance_id: load_of_items(s, items[s.instance_id], ctx) for s in snapshots}
+    loads = cluster_loads(snapshots, items, ctx)
     scores = {i: load[0] for i, load in loads.items()}
     overflow = {i: load[1] for i, load in loads.items()}
     mean = sum(scores.values()) / len(scores)

@@ -22,7 +22,8 @@ from starserve.sim.request import RequestStatus, SimRequest
 from starserve.sim.snapshots import SimPredictor, light_snapshot, snapshot
 
 ARRIVAL, PREFILL_END, TRANSFER_END, CHUNK_END, POLL, STAGE_END, TIMELINE = range(7)
-LIGHT_DISPATCH = {"round_robin", "least_current_load"}
+LIGHT_DISPATCH = {"least_current_load"}  # aggregates suffice
+BLIND_DISPATCH = {"round_robin"}  # reads nothing but the instance list
 
 
 @dataclass(slots=True)
@@ -123,7 +124,8 @@ class ClusterSim:
     def _dispatch(self, request: SimRequest) -> None:
         snapshots = self._dispatch_snapshots()
         instance_id = self.runner.dispatch(snapshots, self.predictor.new_request(request))
-        self._dispatch_cache.pop(instance_id, None)  # the controller counts what it sent
+        if self.policy.dispatch_name not in BLIND_DISPATCH:
+            self._dispatch_cache.pop(instance_id, None)  # the controller counts what it sent
         instance = self.decode[instance_id]
         request.status = RequestStatus.DECODE_WAITING
         request.instance_id = instance_id
@@ -132,10 +134,13 @@ class ClusterSim:
 
     def _dispatch_snapshots(self) -> list[InstanceSnapshot]:
         """Snapshots at most one poll interval old, as a polling controller holds them."""
-        if self.now_s - self._dispatch_cache_time_s > self.poll_interval_s:
+        blind = self.policy.dispatch_name in BLIND_DISPATCH
+        if blind and len(self._dispatch_cache) == len(self.decode):
+            return list(self._dispatch_cache.values())  # built once: nothing in it is read
+        if not blind and self.now_s - self._dispatch_cache_time_s > self.poll_interval_s:
             self._dispatch_cache.clear()
             self._dispatch_cache_time_s = self.now_s
-        light = self.policy.dispatch_name in LIGHT_DISPATCH
+        light = blind or self.policy.dispatch_name in LIGHT_DISPATCH
         cache = self._dispatch_cache
         for instance in self.decode:
             if instance.instance_id not in cache:

@@ -78,6 +78,11 @@ def policy_entry(result: SimResult, curve: RateCurve | None) -> dict[str, Any]:
     entry["rate_per_s"] = result.rate_per_s
     entry["simulated_s"] = result.sim_duration_s
     entry["summary"] = s
+    entry["load_timeline"] = {  # per-instance KV utilisation, sampled every interval_s
+        "interval_s": result.timeline.interval_s,
+        "times_s": [round(t, 3) for t in result.timeline.times_s],
+        "kv_utilization": [[round(u, 4) for u in row] for row in result.timeline.kv_utilization],
+    }
     if curve is not None:
         entry["rate_search"] = {"bracketed": curve.bracketed, "points": curve.points}
     return entry

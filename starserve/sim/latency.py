@@ -15,6 +15,7 @@ the `LatencyModel` protocol.
 
 from __future__ import annotations
 
+import bisect
 import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -65,10 +66,12 @@ class PiecewiseLinear:
 
     def __call__(self, x: float) -> float:
         xs, ys = self.knots_x, self.knots_y
-        if x >= xs[-1]:
-            slope = (ys[-1] - ys[-2]) / (xs[-1] - xs[-2])
-            return ys[-1] + slope * (x - xs[-1])
-        return float(np.interp(x, xs, ys))
+        if x <= xs[0]:
+            return ys[0]
+        i = bisect.bisect_right(xs, x) - 1
+        if i >= len(xs) - 1:
+            i = len(xs) - 2  # extrapolate along the last segment
+        return ys[i] + (ys[i + 1] - ys[i]) * (x - xs[i]) / (xs[i + 1] - xs[i])
 
     @staticmethod
     def fit(x: np.ndarray, y: np.ndarray, num_knots: int = NUM_KNOTS) -> PiecewiseLinear:

@@ -66,9 +66,9 @@ def plot_goodput_vs_rate(results: Mapping[str, Any], path: Path) -> bool:
             drawn = True
     ax.set_xlabel("request rate (req/s)")
     ax.set_ylabel("goodput (req/s meeting SLOs)")
-    ax.legend()
-    fig.tight_layout()
     if drawn:
+        ax.legend()
+        fig.tight_layout()
         fig.savefig(path, dpi=120)
     plt.close(fig)
     return drawn

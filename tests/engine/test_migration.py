@@ -47,6 +47,21 @@ def test_one_shot_export_import_continues_exactly(make_engine, chat_prompts, par
     assert destination.blocks.num_free_blocks == destination.blocks.num_blocks
 
 
+def test_prefill_instance_hands_off_after_the_first_token(make_engine, chat_prompts):
+    prompt = chat_prompts[5]
+    reference = make_engine().generate([prompt], GREEDY)[0].new_token_ids
+    prefill, decode = make_engine(), make_engine()
+    prefill.add_request("r", prompt, GREEDY)
+    first = prefill.step()
+    assert [o.new_token_ids for o in first] == [reference[:1]]
+    snapshot = prefill.export_request("r")
+    assert snapshot.num_kv_tokens == len(prompt) and snapshot.first_block_index == 0
+    prefill.release_request("r")
+    decode.import_request(snapshot)
+    assert reference[:1] + run_to_end(decode, "r") == reference
+    assert prefill.stats().requests == () and not prefill.has_unfinished_requests()
+
+
 @pytest.mark.parametrize("params", [GREEDY, SEEDED], ids=["greedy", "seeded"])
 def test_multi_stage_migration_continues_exactly(make_engine, chat_prompts, params):
     prompt = chat_prompts[1]
@@ -60,7 +75,7 @@ def test_multi_stage_migration_continues_exactly(make_engine, chat_prompts, para
     tokens += run_until(source, "r", 9)  # the source keeps decoding between stages
     second = source.export_request("r", since_stage=first.stage)
     assert second.first_block_index == first.num_kv_tokens // 4
-    assert second.kv.shape[2] < first.kv.shape[2]  # only the blocks added since
+    assert second.kv.shape[3] < first.kv.shape[3]  # only the blocks added since
     destination.write_import_stage(second)
     source.pause_request("r")
     assert source.step() == []

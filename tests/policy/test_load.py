@@ -42,3 +42,28 @@ def test_future_profile_matches_brute_force() -> None:
         assert peak == peak_tokens(items, base)
         assert overflow == overflow_steps(items, capacity, base)
     assert checked > 50
+
+
+def test_cluster_profiles_match_scalar_profile() -> None:
+    import numpy as np
+
+    from starserve.policy.vector import cluster_profiles
+
+    rng = random.Random(1)
+    for _ in range(100):
+        groups = [
+            [
+                (float(rng.randint(1, 300)), float(rng.randint(0, 200)))
+                for _ in range(rng.randint(0, 6))
+            ]
+            for _ in range(rng.randint(1, 7))
+        ]
+        assert groups, "at least one instance"
+        capacities = np.array([float(rng.randint(50, 1500)) for _ in groups])
+        bases = np.array([float(rng.randint(0, 40)) for _ in groups])
+        current, peak, overflow = cluster_profiles(groups, capacities, bases)
+        for i, items in enumerate(groups):
+            want_peak, want_overflow = future_profile(items, capacities[i], bases[i])
+            assert current[i] == bases[i] + sum(c for c, _ in items)
+            assert peak[i] == want_peak
+            assert overflow[i] == want_overflow

@@ -55,6 +55,11 @@ def test_simulate_writes_results_and_plots(tmp_path: Path) -> None:
         assert keys <= set(entry)
         assert entry["summary"]["completed"] == 80
         assert entry["max_rate_at_90pct_slo"] > 0
+        timeline = entry["load_timeline"]
+        assert len(timeline["times_s"]) == len(timeline["kv_utilization"]) > 5
+        assert all(
+            len(row) == 2 and all(0 <= u <= 1 for u in row) for row in timeline["kv_utilization"]
+        )
     for name in ("tpot_cdf.png", "load_spread.png", "goodput_vs_rate.png"):
         assert (out / name).stat().st_size > 1000
 
