@@ -37,7 +37,7 @@ class MigrationEndpoint:
     def _export_locked(self, request_id: str, since_stage: int | None) -> tuple[StageInfo, Any]:
         snap = self.engine.export_request(request_id, since_stage)
         info = StageInfo(
-            stage=snap.stage, num_tokens=len(snap.token_ids), num_kv_blocks=int(snap.kv.shape[2])
+            stage=snap.stage, num_tokens=len(snap.token_ids), num_kv_blocks=snap.num_blocks
         )
         return info, snap
 

@@ -57,6 +57,11 @@ class RequestSnapshot:
     detok: DetokenizerState
     block_size: int
 
+    @property
+    def num_blocks(self) -> int:
+        """KV blocks this snapshot carries (the blocks axis of `kv`)."""
+        return int(self.kv.shape[3])
+
 
 @dataclass(frozen=True, slots=True)
 class EngineStats:
