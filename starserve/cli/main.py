@@ -19,6 +19,7 @@ from starserve.errors import StarserveError
 # name -> module under starserve.cli
 SUBCOMMANDS: dict[str, str] = {
     "workload": "starserve.cli.workload",
+    "predictor": "starserve.cli.predictor",
 }
 
 app = typer.Typer(
