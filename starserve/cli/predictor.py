@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import typer
@@ -59,7 +58,7 @@ def collect(
     interval: int = typer.Option(
         16, min=1, help="k: record the hidden state every k generated tokens."
     ),
-    middle_layer: int = typer.Option(12, min=0, help="Middle layer also tapped (TRAIL baseline)."),
+    middle_layer: int = typer.Option(20, min=0, help="Middle layer also tapped (TRAIL baseline)."),
     max_prompts: int = typer.Option(None, min=1, help="Use at most this many prompts per file."),
     max_prompt_tokens: int = typer.Option(
         1024, min=8, help="Skip prompts longer than this (chat template included)."
@@ -143,6 +142,9 @@ def evaluate(
         None, min=1, help="With --prompts: use at most this many prompts."
     ),
     samples_per_prompt: int = typer.Option(2, min=1, help="With --prompts: answers per prompt."),
+    split: str = typer.Option(
+        "test", help="Which split of --data: test (held-out prompts), val, train or all."
+    ),
     out: Path = typer.Option(
         Path("out/predictor_eval"),
         "--out",
@@ -162,11 +164,21 @@ def evaluate(
         data_dir = _collect_for_eval(prompts, models_dir, max_prompts, samples_per_prompt, out)
         test = load_dataset(data_dir)
     else:
-        test = load_dataset(_resolve_data(data)).split("test")
+        if split not in ("test", "val", "train", "all"):
+            raise StarserveError(f"--split {split!r}: expected test, val, train or all")
+        dataset = load_dataset(_resolve_data(data))
+        test = dataset if split == "all" else dataset.split(split)
     if not test.requests:
         raise StarserveError("no held-out requests to evaluate on")
     result = run_eval(models_dir, test, out, decode_step_time_s(test.meta), _say)
-    typer.echo(json.dumps({"predictors": result["predictors"]}, indent=1))
+    for name, row in result["predictors"].items():
+        fraction = row["cost_fraction_of_step"]
+        share = "n/a" if fraction is None else f"{100 * fraction:.3f}%"
+        typer.echo(
+            f"{name:20s} MAE {row['mae']:7.1f}  per-request {row['mae_per_request']:7.1f}  "
+            f"params {row['params']:>10,d}  {row['cost_us']:9.1f} us/batch32  ({share} of a step)"
+        )
+    typer.echo(f"wrote {out / 'eval.json'}")
 
 
 def _collect_for_eval(
