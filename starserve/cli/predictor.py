@@ -58,7 +58,11 @@ def collect(
     interval: int = typer.Option(
         16, min=1, help="k: record the hidden state every k generated tokens."
     ),
-    middle_layer: int = typer.Option(20, min=0, help="Middle layer also tapped (TRAIL baseline)."),
+    middle_layer: int = typer.Option(
+        19,
+        min=0,
+        help="Engine index (0-based) of the middle layer also tapped for TRAIL (19 = output of layer 20 of 30).",
+    ),
     max_prompts: int = typer.Option(None, min=1, help="Use at most this many prompts per file."),
     max_prompt_tokens: int = typer.Option(
         1024, min=8, help="Skip prompts longer than this (chat template included)."

@@ -32,7 +32,9 @@ class CollectSettings(Settings):
     top_p: float = 0.9
     samples_per_prompt: int = 2
     interval: int = 16
-    middle_layer: int = 20  # TRAIL layer sweep 8..20 (docs/predictor.md) picked 20
+    # engine index (0-based) of the TRAIL layer: output of decoder layer 20 of 30, picked by the
+    # sweep over layers 8..20 in docs/predictor.md
+    middle_layer: int = 19
     max_prompt_tokens: int = 1024
     max_prompts_per_file: int | None = None
     seed: int = 0
