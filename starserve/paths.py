@@ -24,10 +24,10 @@ def data_dir() -> Path:
         if not path.is_dir():
             raise StarserveError(f"STARSERVE_DATA_DIR={override}: no such directory")
         return path
-    for base in (REPO_ROOT, Path.cwd()):
-        candidate = (base / ".." / "shared" / "data").resolve()
+    for base in (*REPO_ROOT.parents, Path.cwd().parent):
+        candidate = base / "shared" / "data"
         if candidate.is_dir():
-            return candidate
+            return candidate.resolve()
     raise StarserveError(
         "shared data not found: expected ../shared/data beside the checkout "
         "(set STARSERVE_DATA_DIR to point elsewhere)"

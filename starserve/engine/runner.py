@@ -1,0 +1,103 @@
+"""Turns scheduled chunks into model inputs and runs one forward pass.
+
+The runner reads each sequence's block table and never touches the block manager.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from starserve.engine.scheduler import ScheduledChunk
+from starserve.model.attention import AttentionBatch, PrefillChunk
+from starserve.model.llama import ForwardOutput, LlamaModel
+
+
+class ModelRunner:
+    """Owns nothing but references: the shared model and this engine's KV cache."""
+
+    def __init__(
+        self, model: LlamaModel, kv_cache: torch.Tensor, block_size: int, middle_layer: int | None
+    ) -> None:
+        self.model = model
+        num_layers, _, num_blocks, _, num_kv_heads, head_dim = kv_cache.shape
+        # Flat view [layers, 2, slots, KV, D]: slot = block_id * block_size + offset.
+        self.flat_cache = kv_cache.view(
+            num_layers, 2, num_blocks * block_size, num_kv_heads, head_dim
+        )
+        self.block_size = block_size
+        self.middle_layer = middle_layer
+        self.dtype = kv_cache.dtype
+
+    def run(self, chunks: list[ScheduledChunk]) -> ForwardOutput:
+        """Forward the chunks (single-token chunks first); rows = chunks that sample, in order."""
+        token_ids: list[int] = []
+        positions: list[int] = []
+        select: list[int] = []
+        for chunk in chunks:
+            end = chunk.start + chunk.num_tokens
+            token_ids.extend(chunk.seq.token_ids[chunk.start : end])
+            positions.extend(range(chunk.start, end))
+            if chunk.samples:
+                select.append(len(token_ids) - 1)
+        position_tensor = torch.tensor(positions, dtype=torch.long)
+        batch = self._attention_batch(chunks, position_tensor)
+        return self.model(
+            torch.tensor(token_ids, dtype=torch.long),
+            position_tensor,
+            self.flat_cache,
+            batch,
+            torch.tensor(select, dtype=torch.long),
+            self.middle_layer,
+        )
+
+    def _slots(self, block_table: list[int], positions: torch.Tensor) -> torch.Tensor:
+        table = torch.tensor(block_table, dtype=torch.long)
+        return table[positions // self.block_size] * self.block_size + positions % self.block_size
+
+    def _attention_batch(
+        self, chunks: list[ScheduledChunk], positions: torch.Tensor
+    ) -> AttentionBatch:
+        num_decode = sum(1 for chunk in chunks if chunk.num_tokens == 1)
+        decodes, prefills = chunks[:num_decode], chunks[num_decode:]
+        slot_parts: list[torch.Tensor] = []
+        decode_slots = decode_bias = None
+        if decodes:
+            decode_slots, decode_bias = self._decode_inputs(decodes)
+            context_lens = torch.tensor([c.start + 1 for c in decodes], dtype=torch.long)
+            slot_parts.append(decode_slots.gather(1, (context_lens - 1)[:, None]).squeeze(1))
+        prefill_chunks: list[PrefillChunk] = []
+        offset = num_decode
+        for chunk in prefills:
+            context_len = chunk.start + chunk.num_tokens
+            context_slots = self._slots(chunk.seq.block_table, torch.arange(context_len))
+            slot_parts.append(context_slots[chunk.start :])
+            if chunk.start == 0:
+                prefill_chunks.append(PrefillChunk(offset, chunk.num_tokens, None, None))
+            else:
+                query_pos = positions[offset : offset + chunk.num_tokens]
+                mask = torch.arange(context_len)[None, :] <= query_pos[:, None]
+                prefill_chunks.append(PrefillChunk(offset, chunk.num_tokens, context_slots, mask))
+            offset += chunk.num_tokens
+        return AttentionBatch(
+            slot_mapping=torch.cat(slot_parts),
+            num_decode_tokens=num_decode,
+            decode_slots=decode_slots,
+            decode_bias=decode_bias,
+            prefills=prefill_chunks,
+        )
+
+    def _decode_inputs(self, decodes: list[ScheduledChunk]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Flat slots of every context position [B, max_context] and the padding mask."""
+        context_lens = [chunk.start + 1 for chunk in decodes]
+        max_context = max(context_lens)
+        max_blocks = -(-max_context // self.block_size)
+        tables = torch.zeros(len(decodes), max_blocks, dtype=torch.long)
+        for row, chunk in enumerate(decodes):
+            table = chunk.seq.block_table[:max_blocks]
+            tables[row, : len(table)] = torch.tensor(table, dtype=torch.long)
+        offsets = torch.arange(self.block_size, dtype=torch.long)
+        slots = (tables[:, :, None] * self.block_size + offsets).view(len(decodes), -1)
+        slots = slots[:, :max_context].contiguous()
+        valid = torch.arange(max_context)[None, :] < torch.tensor(context_lens)[:, None]
+        bias = torch.zeros(valid.shape, dtype=self.dtype).masked_fill_(~valid, float("-inf"))
+        return slots, bias[:, None, None, :]

@@ -1,0 +1,142 @@
+"""Llama-architecture decoder (RMSNorm, RoPE, grouped-query attention, SwiGLU) for a paged KV cache.
+
+Weights are stored fused at load time (q/k/v in one matrix, gate/up in one matrix) so each layer
+runs four matrix multiplications. The model holds no cache itself: the engine passes the KV
+cache tensor and an `AttentionBatch` into `forward`, so several engines can share one model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from starserve.model.attention import AttentionBatch, paged_attention
+from starserve.model.config import ModelConfig
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, size: int, eps: float) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(size), requires_grad=False)
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Same operation order as transformers' LlamaRMSNorm, so float32 results match bit-wise.
+        x32 = x.float()
+        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x32.to(x.dtype)
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+def rope_tables(config: ModelConfig, max_positions: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos/sin [max_positions, head_dim] in float32 (Hugging Face's non-interleaved layout)."""
+    dim = config.head_dim
+    inv_freq = 1.0 / (
+        config.rope_theta ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim)
+    )
+    freqs = torch.arange(max_positions, dtype=torch.float32)[:, None] * inv_freq[None, :]
+    emb = torch.cat((freqs, freqs), dim=-1)
+    return emb.cos(), emb.sin()
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        qkv_size = config.q_size + 2 * config.kv_size
+        self.input_norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.qkv_weight = nn.Parameter(torch.empty(qkv_size, config.hidden_size), False)
+        self.qkv_bias = (
+            nn.Parameter(torch.zeros(qkv_size), False) if config.attention_bias else None
+        )
+        self.o_weight = nn.Parameter(torch.empty(config.hidden_size, config.q_size), False)
+        self.post_norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        inter = config.intermediate_size
+        self.gate_up_weight = nn.Parameter(torch.empty(2 * inter, config.hidden_size), False)
+        self.down_weight = nn.Parameter(torch.empty(config.hidden_size, inter), False)
+        self.scale = config.head_dim**-0.5
+
+    def forward(
+        self,
+        h: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        kv_cache: torch.Tensor,
+        batch: AttentionBatch,
+    ) -> torch.Tensor:
+        """h [T, hidden] residual stream; kv_cache [2, num_slots, KV, D] of this layer."""
+        c = self.config
+        num_tokens = h.shape[0]
+        qkv = F.linear(self.input_norm(h), self.qkv_weight, self.qkv_bias)
+        q, k, v = qkv.split([c.q_size, c.kv_size, c.kv_size], dim=-1)
+        q = q.view(num_tokens, c.num_heads, c.head_dim)
+        k = k.view(num_tokens, c.num_kv_heads, c.head_dim)
+        v = v.view(num_tokens, c.num_kv_heads, c.head_dim)
+        q = q * cos + rotate_half(q) * sin
+        k = k * cos + rotate_half(k) * sin
+        attn = paged_attention(q, k, v, kv_cache[0], kv_cache[1], batch, self.scale)
+        h = h + F.linear(attn.reshape(num_tokens, c.q_size), self.o_weight)
+        gate, up = F.linear(self.post_norm(h), self.gate_up_weight).chunk(2, dim=-1)
+        return h + F.linear(F.silu(gate) * up, self.down_weight)
+
+
+@dataclass(slots=True)
+class ForwardOutput:
+    logits: torch.Tensor  # [S, vocab] float32, at the selected positions
+    hidden_last: torch.Tensor  # [S, hidden] after the final norm, at the selected positions
+    hidden_middle: torch.Tensor | None  # [S, hidden] residual stream after the tapped layer
+
+
+class LlamaModel(nn.Module):
+    """The decoder; `forward` computes logits only at `select_index` (one per sampled sequence)."""
+
+    rope_cos: torch.Tensor
+    rope_sin: torch.Tensor
+
+    def __init__(self, config: ModelConfig, max_positions: int) -> None:
+        super().__init__()
+        self.config = config
+        self.embed = nn.Parameter(torch.empty(config.vocab_size, config.hidden_size), False)
+        self.layers: list[DecoderLayer] = nn.ModuleList(  # type: ignore[assignment]
+            DecoderLayer(config) for _ in range(config.num_layers)
+        )
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.lm_head = (
+            self.embed
+            if config.tie_word_embeddings
+            else nn.Parameter(torch.empty(config.vocab_size, config.hidden_size), False)
+        )
+        cos, sin = rope_tables(config, max_positions)
+        self.register_buffer("rope_cos", cos, persistent=False)
+        self.register_buffer("rope_sin", sin, persistent=False)
+
+    @torch.inference_mode()
+    def forward(
+        self,
+        token_ids: torch.Tensor,
+        positions: torch.Tensor,
+        kv_cache: torch.Tensor,
+        batch: AttentionBatch,
+        select_index: torch.Tensor,
+        middle_layer: int | None = None,
+    ) -> ForwardOutput:
+        """token_ids/positions [T]; kv_cache [num_layers, 2, num_slots, KV, D]."""
+        h = F.embedding(token_ids, self.embed)
+        dtype = h.dtype
+        cos = self.rope_cos[positions].to(dtype)[:, None, :]
+        sin = self.rope_sin[positions].to(dtype)[:, None, :]
+        middle = None
+        for index, layer in enumerate(self.layers):
+            h = layer(h, cos, sin, kv_cache[index], batch)
+            if index == middle_layer:
+                middle = h[select_index].float()
+        hidden = self.norm(h[select_index])
+        logits = F.linear(hidden, self.lm_head).float()
+        return ForwardOutput(logits=logits, hidden_last=hidden.float(), hidden_middle=middle)
