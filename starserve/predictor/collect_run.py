@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from starserve.config import validate
 from starserve.errors import StarserveError
 from starserve.predictor.collect import (
     CollectSettings,
@@ -24,15 +25,15 @@ FINISH_LABELS = {"stop": "stop", "length": "length"}
 def make_engine(settings: CollectSettings, concurrency: int, num_threads: int | None) -> Any:
     from starserve.engine import Engine, EngineConfig
 
-    config = EngineConfig(
-        max_num_seqs=concurrency,
-        max_model_len=settings.max_prompt_tokens + settings.max_tokens,
-        kv_cache_memory_mb=2048,
-        num_threads=num_threads,
-        hidden_state_interval=settings.interval,
-        hidden_state_middle_layer=settings.middle_layer,
-    )
-    return Engine(config)
+    config = {
+        "max_num_seqs": concurrency,
+        "max_model_len": settings.max_prompt_tokens + settings.max_tokens,
+        "kv_cache_memory_mb": 2048,
+        "num_threads": num_threads,
+        "hidden_state_interval": settings.interval,
+        "hidden_state_middle_layer": settings.middle_layer,
+    }
+    return Engine(validate(EngineConfig, config, source="collection engine"))
 
 
 def _admit(engine: Any, job: Job, settings: CollectSettings) -> InFlight | None:
