@@ -17,6 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from starserve.paths import cache_dir  # noqa: E402
 from starserve.predictor.collect import decode_step_time_s  # noqa: E402
+from starserve.predictor.collect_run import measure_decode_step_s  # noqa: E402
 from starserve.predictor.data import load_dataset  # noqa: E402
 from starserve.predictor.report import run_eval  # noqa: E402
 from starserve.predictor.runtime import DEFAULT_DIR  # noqa: E402
@@ -37,6 +38,7 @@ def summarize(result: dict) -> dict:
         "star_params_over_prompt_only": round(star["params"] / proxy["params"], 4),
         "star_cost_us": round(star["cost_us"], 1),
         "star_cost_fraction_of_step": star["cost_fraction_of_step"],
+        "decode_step_time_s_batch32": result["decode_step_time_s"],
         "star_quantile_calibration": result["star_quantile_calibration"],
         "noise_floor": result["noise_floor"],
         "test_split": result["test_split"],
@@ -54,7 +56,8 @@ def main() -> None:
         DEFAULT_DIR / "sample" if args.quick else cache_dir() / "predictor" / "collection"
     )
     test = load_dataset(data).split("test")
-    result = run_eval(args.models, test, args.out, decode_step_time_s(test.meta), print)
+    step_s = decode_step_time_s(test.meta) or measure_decode_step_s()
+    result = run_eval(args.models, test, args.out, step_s, print)
     print("RESULT " + json.dumps(summarize(result)))
 
 

@@ -174,7 +174,13 @@ def evaluate(
         test = dataset if split == "all" else dataset.split(split)
     if not test.requests:
         raise StarserveError("no held-out requests to evaluate on")
-    result = run_eval(models_dir, test, out, decode_step_time_s(test.meta), _say)
+    step_s = decode_step_time_s(test.meta)
+    if step_s is None:
+        from starserve.predictor.collect_run import measure_decode_step_s
+
+        _say("timing an engine decode step at batch 32")
+        step_s = measure_decode_step_s()
+    result = run_eval(models_dir, test, out, step_s, _say)
     for name, row in result["predictors"].items():
         fraction = row["cost_fraction_of_step"]
         share = "n/a" if fraction is None else f"{100 * fraction:.3f}%"

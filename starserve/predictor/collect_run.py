@@ -121,3 +121,26 @@ def _record(out: Any, inflight: dict[str, InFlight], finished: list, bar: Any) -
         if flight.generated:
             finished.append((to_record(flight, int(out.num_generated_tokens), reason), flight))
         bar.update(1)
+
+
+def measure_decode_step_s(
+    batch: int = 32, num_steps: int = 12, num_threads: int | None = 1
+) -> float:
+    """Median wall time of one engine decode step with `batch` running requests (short prompts)."""
+    import time
+
+    from starserve.engine import Engine, EngineConfig, SamplingParams
+
+    config = {"max_num_seqs": batch, "hidden_state_interval": 16, "num_threads": num_threads}
+    engine = Engine(validate(EngineConfig, config, source="step timing engine"))
+    params = SamplingParams(max_tokens=num_steps + 4, temperature=0.0, ignore_eos=True)
+    for i in range(batch):
+        engine.add_request(f"t{i}", f"Write a short note number {i} about rivers.", params)
+    engine.step()  # prefill (all prompts fit one chunked-prefill step)
+    times: list[float] = []
+    while engine.has_unfinished_requests() and len(times) < num_steps:
+        start = time.perf_counter()
+        engine.step()
+        if engine.stats().num_running == batch:
+            times.append(time.perf_counter() - start)
+    return float(sorted(times)[len(times) // 2]) if times else float("nan")
