@@ -158,3 +158,19 @@ def decode_step_time_s(manifest: dict, batch: int = 32) -> float | None:
     samples = manifest.get("step_samples", [])
     near = [t for n, t in samples if abs(n - batch) <= batch // 4]
     return float(np.median(near)) if near else None
+
+
+def complete_prefix_mask(request_ids: list[str], jobs: list[Job]) -> np.ndarray:
+    """Requests among the first planned jobs that all finished (stopped runs only).
+
+    Short answers finish first, so the answers of a run stopped early are biased short. Plan order
+    is a seeded shuffle, independent of length: keeping only the longest prefix of the plan whose
+    answers all finished gives an unbiased sample.
+    """
+    finished = set(request_ids)
+    prefix: set[str] = set()
+    for job in jobs:
+        if job.request_id not in finished:
+            break
+        prefix.add(job.request_id)
+    return np.array([rid in prefix for rid in request_ids], dtype=bool)

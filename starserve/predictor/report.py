@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from starserve.errors import StarserveError
 from starserve.predictor.baselines import MiniLMEncoder
 from starserve.predictor.data import Dataset
 from starserve.predictor.evaluate import (
@@ -102,6 +103,8 @@ def run_eval(
     say: Callable[[str], None] = lambda _m: None,
 ) -> dict:
     """Evaluate the predictors in `models_dir` on `test`; write eval.json + plot + profile."""
+    if not test.requests:
+        raise StarserveError("no held-out requests to evaluate on")
     out_dir.mkdir(parents=True, exist_ok=True)
     predictors = load_predictor_set(models_dir)
     say("loading the MiniLM prompt encoder")

@@ -1,7 +1,7 @@
 import pytest
 
 from starserve.errors import StarserveError
-from starserve.predictor.collect import CollectSettings, plan_jobs
+from starserve.predictor.collect import CollectSettings, complete_prefix_mask, plan_jobs
 from starserve.predictor.prompts import read_prompts
 
 
@@ -40,3 +40,12 @@ def test_plan_interleaves_files_and_keeps_samples_together(tmp_path) -> None:
     assert len(jobs) == (3 + 2) * 2
     assert len({j.request_id for j in jobs}) == len(jobs)
     assert jobs[0].seed(0) != jobs[1].seed(0)
+
+
+def test_complete_prefix_drops_answers_after_the_first_unfinished_job(tmp_path) -> None:
+    path = tmp_path / "a.jsonl"
+    path.write_text("".join(f'{{"prompt": "a{i}"}}\n' for i in range(4)))
+    jobs = plan_jobs([path], CollectSettings(samples_per_prompt=1))
+    ids = [j.request_id for j in jobs]
+    finished = [ids[2], ids[0], ids[3]]  # ids[1] never finished
+    assert complete_prefix_mask(finished, jobs).tolist() == [False, True, False]
