@@ -23,6 +23,7 @@ SUBCOMMANDS: dict[str, str] = {
     "serve": "starserve.cli.serve",
     "bench": "starserve.cli.bench",
     "model": "starserve.cli.model",
+    "predictor": "starserve.cli.predictor",
 }
 
 app = typer.Typer(

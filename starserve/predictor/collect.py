@@ -1,0 +1,176 @@
+"""Collect labelled hidden states by serving real prompts through our engine.
+
+Each prompt is answered `samples_per_prompt` times with nucleus sampling (seeded per answer).
+The engine's tap gives the last-layer state (and one middle layer for TRAIL) at the end of the
+prompt and every k generated tokens; when an answer finishes, its final length labels all its
+points. Finished answers are written in shards; the manifest lists what is done, so a rerun
+resumes where a killed one stopped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from starserve.config import Settings
+from starserve.errors import StarserveError
+from starserve.predictor.data import MANIFEST_NAME, SHARD_GLOB, RequestRecord, Shard, read_shard
+from starserve.predictor.data import write_shard as _write_shard
+from starserve.predictor.prompts import PromptRow, interleave, read_prompts
+
+
+class CollectSettings(Settings):
+    """How answers are sampled and recorded (stored in the manifest; a resume must match)."""
+
+    max_tokens: int = 512
+    temperature: float = 0.7
+    top_p: float = 0.9
+    samples_per_prompt: int = 2
+    interval: int = 16
+    # engine index (0-based) of the TRAIL layer: output of decoder layer 20 of 30, picked by the
+    # sweep over layers 8..20 in docs/predictor.md
+    middle_layer: int = 19
+    max_prompt_tokens: int = 1024
+    max_prompts_per_file: int | None = None
+    seed: int = 0
+
+
+@dataclass(slots=True)
+class Job:
+    row: PromptRow
+    sample_index: int
+
+    @property
+    def request_id(self) -> str:
+        return f"{self.row.prompt_id}#{self.sample_index}"
+
+    def seed(self, base: int) -> int:
+        digest = hashlib.sha256(f"{base}:{self.request_id}".encode()).hexdigest()
+        return int(digest[:8], 16)
+
+
+@dataclass(slots=True)
+class InFlight:
+    job: Job
+    num_prompt_tokens: int
+    generated: list[int] = field(default_factory=list)
+    last: list[np.ndarray] = field(default_factory=list)
+    middle: list[np.ndarray] = field(default_factory=list)
+
+
+def plan_jobs(prompt_files: list[Path], settings: CollectSettings) -> list[Job]:
+    """Every (prompt, sample), files interleaved, each file's prompts in a seeded order."""
+    groups = []
+    for path in prompt_files:
+        rows = read_prompts(path)
+        random.Random(settings.seed).shuffle(rows)
+        groups.append(rows[: settings.max_prompts_per_file])
+    return [Job(row, s) for row in interleave(groups) for s in range(settings.samples_per_prompt)]
+
+
+def open_manifest(out_dir: Path, settings: CollectSettings, model: str) -> dict:
+    """The existing manifest (settings must match) or a fresh one."""
+    path = out_dir / MANIFEST_NAME
+    wanted = settings.model_dump()
+    if path.is_file():
+        manifest = json.loads(path.read_text())
+        if manifest.get("settings") != wanted:
+            raise StarserveError(
+                f"{out_dir} holds a collection made with other settings; use another --out"
+            )
+        return manifest
+    return {
+        "format": "starserve-predictor-data",
+        "model": model,
+        "settings": wanted,
+        "max_tokens": settings.max_tokens,
+        "interval": settings.interval,
+        "middle_layer": settings.middle_layer,
+        "temperature": settings.temperature,
+        "top_p": settings.top_p,
+        "prompt_files": [],
+        "num_requests": 0,
+        "num_skipped_long_prompts": 0,
+        "step_samples": [],
+    }
+
+
+def done_request_ids(out_dir: Path) -> set[str]:
+    done = set()
+    for path in sorted(out_dir.glob(SHARD_GLOB)):
+        for r in read_shard(path).requests:
+            done.add(f"{r.prompt_id}#{r.sample_index}")
+    return done
+
+
+def to_record(flight: InFlight, num_output_tokens: int, finish_reason: str) -> RequestRecord:
+    row = flight.job.row
+    return RequestRecord(
+        prompt_id=row.prompt_id,
+        prompt_set=row.prompt_set,
+        sample_index=flight.job.sample_index,
+        prompt=row.text,
+        num_prompt_tokens=flight.num_prompt_tokens,
+        num_output_tokens=num_output_tokens,
+        finish_reason=finish_reason,
+    )
+
+
+def build_shard(finished: list[tuple[RequestRecord, InFlight]]) -> Shard:
+    point_request, generated, last, middle = [], [], [], []
+    for index, (_, flight) in enumerate(finished):
+        point_request += [index] * len(flight.generated)
+        generated += flight.generated
+        last += flight.last
+        middle += flight.middle
+    has_middle = len(middle) == len(last) and len(last) > 0
+    return Shard(
+        requests=[record for record, _ in finished],
+        point_request=np.asarray(point_request, dtype=np.int32),
+        point_generated=np.asarray(generated, dtype=np.int32),
+        hidden_last=np.stack(last).astype(np.float16),
+        hidden_middle=np.stack(middle).astype(np.float16) if has_middle else None,
+    )
+
+
+def write_shard(
+    out_dir: Path, manifest: dict, finished: list[tuple[RequestRecord, InFlight]]
+) -> None:
+    """Append a shard and update the manifest (shard first: a crash between them only repeats)."""
+    if not finished:
+        return
+    index = len(list(out_dir.glob(SHARD_GLOB)))
+    _write_shard(out_dir / f"shard-{index:05d}.safetensors", build_shard(finished))
+    manifest["num_requests"] += len(finished)
+    manifest["step_samples"] = manifest["step_samples"][-20000:]
+    tmp = out_dir / (MANIFEST_NAME + ".tmp")
+    tmp.write_text(json.dumps(manifest) + "\n")
+    tmp.replace(out_dir / MANIFEST_NAME)
+
+
+def decode_step_time_s(manifest: dict, batch: int = 32) -> float | None:
+    """Median engine step time with about `batch` running requests (from the collection)."""
+    samples = manifest.get("step_samples", [])
+    near = [t for n, t in samples if abs(n - batch) <= batch // 4]
+    return float(np.median(near)) if near else None
+
+
+def complete_prefix_mask(request_ids: list[str], jobs: list[Job]) -> np.ndarray:
+    """Requests among the first planned jobs that all finished (stopped runs only).
+
+    Short answers finish first, so the answers of a run stopped early are biased short. Plan order
+    is a seeded shuffle, independent of length: keeping only the longest prefix of the plan whose
+    answers all finished gives an unbiased sample.
+    """
+    finished = set(request_ids)
+    prefix: set[str] = set()
+    for job in jobs:
+        if job.request_id not in finished:
+            break
+        prefix.add(job.request_id)
+    return np.array([rid in prefix for rid in request_ids], dtype=bool)
