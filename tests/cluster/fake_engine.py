@@ -47,6 +47,10 @@ class FakeSnapshot:
     kv: torch.Tensor
     num_kv_tokens: int
 
+    @property
+    def num_blocks(self) -> int:
+        return int(self.kv.shape[2])  # this fake keeps blocks on axis 2
+
 
 @dataclass(frozen=True, slots=True)
 class FakeStats:
