@@ -61,7 +61,13 @@ class Engine(MigrationMixin):
         self.seqs: dict[str, Sequence] = {}  # every live request: waiting, running or paused
         self.generator = torch.Generator().manual_seed(config.seed)
         self.eos_token_ids = frozenset(mc.eos_token_ids)
-        self.max_model_len = min(config.max_model_len, mc.max_position_embeddings)
+        # Capped by the cache too: a request that outgrows the whole cache would preempt and
+        # recompute itself forever, so it must end at "length" instead.
+        self.max_model_len = min(
+            config.max_model_len,
+            mc.max_position_embeddings,
+            self.blocks.num_blocks * config.block_size,
+        )
         self.last_step_time_s = 0.0
         self._pending: list[RequestOutput] = []  # aborts reported by the next step
         self._auto_ids = itertools.count()

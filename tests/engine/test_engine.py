@@ -163,3 +163,19 @@ def test_two_engines_share_a_model_and_stats(make_engine, chat_prompts):
     assert stats.requests == (("x", len(chat_prompts[0]) + 1, 1),)
     assert stats.num_free_blocks < stats.num_total_blocks and stats.last_step_time_s > 0
     assert second.stats().num_running == 0 and second.stats().num_waiting == 1
+
+
+def test_a_request_larger_than_the_whole_cache_ends_at_length(make_engine, chat_prompts):
+    engine = make_engine(num_kv_blocks=8, block_size=16)  # 128 tokens of KV in all
+    engine.add_request(
+        "r", chat_prompts[0], SamplingParams(max_tokens=500, temperature=0, ignore_eos=True)
+    )
+    outputs = []
+    for _ in range(400):  # without the cap this loops on preempt/recompute and never finishes
+        outputs += engine.step()
+        if not engine.has_unfinished_requests():
+            break
+    final = [o for o in outputs if o.finished]
+    assert len(final) == 1 and final[0].finish_reason == "length"
+    assert final[0].num_prompt_tokens + final[0].num_generated_tokens == 128
+    assert engine.blocks.num_free_blocks == engine.blocks.num_blocks
