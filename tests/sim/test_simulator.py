@@ -52,6 +52,9 @@ def test_conservation_and_kv_accounting_under_pressure(
         assert record.num_output_tokens == request.num_output_tokens
         assert request.num_generated == request.num_output_tokens
         assert record.token_times_s[0] >= request.arrival_time_s
+        # across migrations and preemptions a request's tokens never go back in time
+        times = record.token_times_s
+        assert all(later >= earlier for earlier, later in zip(times, times[1:], strict=False))
     for inst in sim.decode:
         assert not inst.running and not inst.waiting
         assert inst.num_used_blocks == 0 and inst.num_incoming == 0
