@@ -54,15 +54,20 @@ def collect(
     return {rid: [t[i] for i in range(len(t))] for rid, t in tokens.items()}
 
 
-def test_rebalancing_migrations_keep_every_output_exact() -> None:
-    prompts = {f"r{i}": [3 + i, 7, 11 * i % 50, 5] * (1 + i % 3) for i in range(8)}
-    made = workers()
-    controller = Controller(
+def herding_controller(made: list[InstanceWorker]) -> Controller:
+    """One prefill and two decode workers under the herd-then-spread test policy."""
+    return Controller(
         prefill=[LocalInstance(made[0])],
         decode=[LocalInstance(made[1]), LocalInstance(made[2])],
         policy=FunctionPolicy("herd_then_spread", herd, spread),
         poll_interval_s=0.01,
     )
+
+
+def test_rebalancing_migrations_keep_every_output_exact() -> None:
+    prompts = {f"r{i}": [3 + i, 7, 11 * i % 50, 5] * (1 + i % 3) for i in range(8)}
+    made = workers()
+    controller = herding_controller(made)
 
     async def run() -> None:
         await controller.start()
@@ -93,12 +98,7 @@ def test_rebalancing_migrations_keep_every_output_exact() -> None:
 
 def test_abort_frees_the_request_wherever_it_is() -> None:
     made = workers()
-    controller = Controller(
-        prefill=[LocalInstance(made[0])],
-        decode=[LocalInstance(made[1]), LocalInstance(made[2])],
-        policy=FunctionPolicy("herd_then_spread", herd, spread),
-        poll_interval_s=0.01,
-    )
+    controller = herding_controller(made)
 
     async def run() -> None:
         await controller.start()
