@@ -10,6 +10,7 @@ import torch
 from starserve.engine.scheduler import ScheduledChunk
 from starserve.model.attention import AttentionBatch, PrefillChunk
 from starserve.model.llama import ForwardOutput, LlamaModel
+from starserve.model.native import NativeDecodeAttention, decode_attention_kernel
 
 
 class ModelRunner:
@@ -27,6 +28,7 @@ class ModelRunner:
         self.block_size = block_size
         self.middle_layer = middle_layer
         self.dtype = kv_cache.dtype
+        self.native_kernel = decode_attention_kernel() if head_dim % 16 == 0 else None
 
     def run(self, chunks: list[ScheduledChunk]) -> ForwardOutput:
         """Forward the chunks (single-token chunks first); rows = chunks that sample, in order."""
@@ -60,8 +62,11 @@ class ModelRunner:
         num_decode = sum(1 for chunk in chunks if chunk.num_tokens == 1)
         decodes, prefills = chunks[:num_decode], chunks[num_decode:]
         slot_parts: list[torch.Tensor] = []
-        decode_slots = decode_bias = None
-        if decodes:
+        decode_slots = decode_bias = native = None
+        if decodes and self.native_kernel is not None:
+            native = self._native_inputs(decodes)
+            slot_parts.append(torch.zeros(len(decodes), dtype=torch.long))  # kernel writes these
+        elif decodes:
             decode_slots, decode_bias = self._decode_inputs(decodes)
             context_lens = torch.tensor([c.start + 1 for c in decodes], dtype=torch.long)
             slot_parts.append(decode_slots.gather(1, (context_lens - 1)[:, None]).squeeze(1))
@@ -84,6 +89,22 @@ class ModelRunner:
             decode_slots=decode_slots,
             decode_bias=decode_bias,
             prefills=prefill_chunks,
+            native=native,
+        )
+
+    def _native_inputs(self, decodes: list[ScheduledChunk]) -> NativeDecodeAttention:
+        """Positions and padded block tables of the decodes, for the native kernel."""
+        assert self.native_kernel is not None
+        max_blocks = max(len(chunk.seq.block_table) for chunk in decodes)
+        tables = torch.zeros(len(decodes), max_blocks, dtype=torch.int32)
+        for row, chunk in enumerate(decodes):
+            tables[row, : len(chunk.seq.block_table)] = torch.tensor(
+                chunk.seq.block_table, dtype=torch.int32
+            )
+        positions = torch.tensor([chunk.start for chunk in decodes], dtype=torch.long)
+        model = self.model
+        return NativeDecodeAttention(
+            self.native_kernel, positions, tables, self.block_size, model.rope_cos, model.rope_sin
         )
 
     def _decode_inputs(self, decodes: list[ScheduledChunk]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from starserve.model.attention import AttentionBatch, paged_attention
+from starserve.model.attention import AttentionBatch, layer_attention
 from starserve.model.config import ModelConfig
 
 
@@ -28,11 +28,6 @@ class RMSNorm(nn.Module):
         x32 = x.float()
         x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
         return self.weight * x32.to(x.dtype)
-
-
-def rotate_half(x: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
 
 def rope_tables(config: ModelConfig, max_positions: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -62,27 +57,19 @@ class DecoderLayer(nn.Module):
         self.gate_up_weight = nn.Parameter(torch.empty(2 * inter, config.hidden_size), False)
         self.down_weight = nn.Parameter(torch.empty(config.hidden_size, inter), False)
         self.scale = config.head_dim**-0.5
+        self.shape = (config.num_heads, config.num_kv_heads, config.head_dim)
 
     def forward(
         self,
         h: torch.Tensor,
-        cos: torch.Tensor,
-        sin: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor],
         kv_cache: torch.Tensor,
         batch: AttentionBatch,
     ) -> torch.Tensor:
-        """h [T, hidden] residual stream; kv_cache [2, KV, num_slots, D] of this layer."""
-        c = self.config
-        num_tokens = h.shape[0]
+        """h [T, hidden] residual stream; rope = cos/sin [T, 1, D]; kv_cache [2, KV, slots, D]."""
         qkv = F.linear(self.input_norm(h), self.qkv_weight, self.qkv_bias)
-        q, k, v = qkv.split([c.q_size, c.kv_size, c.kv_size], dim=-1)
-        q = q.view(num_tokens, c.num_heads, c.head_dim)
-        k = k.view(num_tokens, c.num_kv_heads, c.head_dim)
-        v = v.view(num_tokens, c.num_kv_heads, c.head_dim)
-        q = q * cos + rotate_half(q) * sin
-        k = k * cos + rotate_half(k) * sin
-        attn = paged_attention(q, k, v, kv_cache[0], kv_cache[1], batch, self.scale)
-        h = h + F.linear(attn.reshape(num_tokens, c.q_size), self.o_weight)
+        attn = layer_attention(qkv, rope, kv_cache, batch, self.shape, self.scale)
+        h = h + F.linear(attn, self.o_weight)
         gate, up = F.linear(self.post_norm(h), self.gate_up_weight).chunk(2, dim=-1)
         return h + F.linear(F.silu(gate) * up, self.down_weight)
 
@@ -130,11 +117,13 @@ class LlamaModel(nn.Module):
         """token_ids/positions [T]; kv_cache [num_layers, 2, KV, num_slots, D]."""
         h = F.embedding(token_ids, self.embed)
         dtype = h.dtype
-        cos = self.rope_cos[positions].to(dtype)[:, None, :]
-        sin = self.rope_sin[positions].to(dtype)[:, None, :]
+        rope = (
+            self.rope_cos[positions].to(dtype)[:, None, :],
+            self.rope_sin[positions].to(dtype)[:, None, :],
+        )
         middle = None
         for index, layer in enumerate(self.layers):
-            h = layer(h, cos, sin, kv_cache[index], batch)
+            h = layer(h, rope, kv_cache[index], batch)
             if index == middle_layer:
                 middle = h[select_index].float()
         hidden = self.norm(h[select_index])

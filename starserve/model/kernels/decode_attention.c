@@ -1,0 +1,237 @@
+/* Paged decode attention for one layer, read in place from the KV cache.
+ *
+ * For each decode token b (one per running sequence) this kernel
+ *   1. applies RoPE to its query and key (the same three roundings as the PyTorch path:
+ *      q*cos, rotate_half(q)*sin, their sum; no fused multiply-add),
+ *   2. writes its key and value into the cache slot of position positions[b],
+ *   3. attends over positions 0..positions[b] of its sequence, walking the block table and
+ *      reading each block's K/V rows where they lie (no gather copy), softmax in float32.
+ *
+ * Layouts (all row-major, see docs/engine.md):
+ *   qkv          [B, row_stride] : q (H*D) | k (KV*D) | v (KV*D) for each token
+ *   cos, sin     [max_positions, D] float32
+ *   k/v_cache    [KV, num_slots, D], slot = block_id * block_size + offset
+ *   block_tables [B, max_blocks] int32
+ *   out          [B, H*D]
+ * dtype 0 = float32, 1 = bfloat16 (qkv, caches and out share it).
+ *
+ * Built by starserve/model/native.py with -O3 -march=native -fopenmp -ffp-contract=off; the
+ * OpenMP runtime resolves to the one PyTorch already loaded, so both share one thread pool.
+ */
+#include <math.h>
+#include <omp.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#ifdef __AVX512F__
+#include <immintrin.h>
+#endif
+
+#define MAX_HEAD_DIM 256
+#define MAX_GROUP 64
+
+static inline float bf16_to_float(uint16_t h) {
+    uint32_t bits = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &bits, sizeof f);
+    return f;
+}
+
+static inline uint16_t float_to_bf16(float f) { /* round to nearest even, as torch does */
+    uint32_t bits;
+    memcpy(&bits, &f, sizeof bits);
+    if ((bits & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((bits >> 16) | 0x40); /* NaN */
+    bits += 0x7fffu + ((bits >> 16) & 1u);
+    return (uint16_t)(bits >> 16);
+}
+
+static inline float load_elem(const void *base, int64_t index, int dtype) {
+    return dtype ? bf16_to_float(((const uint16_t *)base)[index]) : ((const float *)base)[index];
+}
+
+static inline void store_elem(void *base, int64_t index, float value, int dtype) {
+    if (dtype)
+        ((uint16_t *)base)[index] = float_to_bf16(value);
+    else
+        ((float *)base)[index] = value;
+}
+
+/* Row of D values at `index` into float32 `dst`. */
+static inline void load_row(float *dst, const void *base, int64_t index, int64_t D, int dtype) {
+    if (!dtype) {
+        memcpy(dst, (const float *)base + index, (size_t)D * sizeof(float));
+        return;
+    }
+    for (int64_t d = 0; d < D; d++) dst[d] = bf16_to_float(((const uint16_t *)base)[index + d]);
+}
+
+#ifdef __AVX512F__
+static inline __m512 load16(const void *base, int64_t index, int dtype) {
+    if (!dtype) return _mm512_loadu_ps((const float *)base + index);
+    __m256i half = _mm256_loadu_si256((const __m256i *)((const uint16_t *)base + index));
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(half), 16));
+}
+
+/* exp(x) for x <= 0 (scores minus their maximum): 2^n * p(r), |r| <= ln2/2, degree-6 Taylor,
+ * relative error below 2e-7. */
+static inline __m512 exp16(__m512 x) {
+    x = _mm512_max_ps(x, _mm512_set1_ps(-87.0f));
+    __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+    __m512 p = _mm512_set1_ps(1.0f / 720.0f);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+    return _mm512_scalef_ps(p, n);
+}
+#endif
+
+/* Step 1 and 2 for token b: rotated query into q_out (float32 [H*D]); rotated key and value
+ * into the cache. */
+static void rope_and_write(const void *qkv, const float *cos,
+                           const float *sin, int64_t position, void *k_cache, void *v_cache,
+                           int64_t num_slots, int64_t slot, float *q_out, int64_t H, int64_t KV,
+                           int64_t D, int dtype) {
+    const int64_t half = D / 2;
+    const float *c = cos + position * D, *s = sin + position * D;
+    float x[MAX_HEAD_DIM];
+    for (int64_t head = 0; head < H + KV; head++) {
+        load_row(x, qkv, head * D, D, dtype);
+        for (int64_t d = 0; d < D; d++) {
+            float rotated = d < half ? -x[d + half] : x[d - half];
+            float a = x[d] * c[d];
+            float b = rotated * s[d];
+            float value = a + b;
+            if (head < H)
+                q_out[head * D + d] = dtype ? bf16_to_float(float_to_bf16(value)) : value;
+            else
+                store_elem(k_cache, ((head - H) * num_slots + slot) * D + d, value, dtype);
+        }
+    }
+    for (int64_t head = 0; head < KV; head++)
+        for (int64_t d = 0; d < D; d++)
+            store_elem(v_cache, (head * num_slots + slot) * D + d,
+                       load_elem(qkv, (H + KV + head) * D + d, dtype), dtype);
+}
+
+/* Step 3 for token b and one KV head: the G query heads of its group attend over `context`
+ * positions. q: float32 [G, D]; out: G rows of D at out_base (dtype). */
+static void attend_group(const float *q, const void *k_cache, const void *v_cache,
+                         int64_t head_offset, const int32_t *block_table, int64_t block_size,
+                         int64_t context, int64_t G, int64_t D, float scale, int dtype,
+                         float *scratch, void *out, int64_t out_index) {
+    float *scores = scratch, *acc = scratch + G * context, inv_sum[64];
+    /* scores[g * context + j] = q_g . k_j * scale */
+    for (int64_t j = 0; j < context; j++) {
+        int64_t slot = (int64_t)block_table[j / block_size] * block_size + j % block_size;
+        int64_t k_index = head_offset + slot * D;
+#ifdef __AVX512F__
+        if (D % 16 == 0) {
+            for (int64_t g = 0; g < G; g++) {
+                __m512 dot = _mm512_setzero_ps();
+                for (int64_t d = 0; d < D; d += 16)
+                    dot = _mm512_fmadd_ps(_mm512_loadu_ps(q + g * D + d),
+                                          load16(k_cache, k_index + d, dtype), dot);
+                scores[g * context + j] = _mm512_reduce_add_ps(dot) * scale;
+            }
+            continue;
+        }
+#endif
+        for (int64_t g = 0; g < G; g++) {
+            float dot = 0.0f;
+            for (int64_t d = 0; d < D; d++)
+                dot += q[g * D + d] * load_elem(k_cache, k_index + d, dtype);
+            scores[g * context + j] = dot * scale;
+        }
+    }
+    /* softmax per query head (unnormalised; divided at the end) */
+    for (int64_t g = 0; g < G; g++) {
+        float *row = scores + g * context, peak = -INFINITY, sum = 0.0f;
+        for (int64_t j = 0; j < context; j++) peak = row[j] > peak ? row[j] : peak;
+        int64_t j = 0;
+#ifdef __AVX512F__
+        __m512 vsum = _mm512_setzero_ps(), vpeak = _mm512_set1_ps(peak);
+        for (; j + 16 <= context; j += 16) {
+            __m512 e = exp16(_mm512_sub_ps(_mm512_loadu_ps(row + j), vpeak));
+            _mm512_storeu_ps(row + j, e);
+            vsum = _mm512_add_ps(vsum, e);
+        }
+        sum = _mm512_reduce_add_ps(vsum);
+#endif
+        for (; j < context; j++) {
+            row[j] = expf(row[j] - peak);
+            sum += row[j];
+        }
+        inv_sum[g] = 1.0f / sum;
+    }
+    /* out_g = sum_j p_gj v_j */
+    memset(acc, 0, (size_t)(G * D) * sizeof(float));
+    for (int64_t j = 0; j < context; j++) {
+        int64_t slot = (int64_t)block_table[j / block_size] * block_size + j % block_size;
+        int64_t v_index = head_offset + slot * D;
+#ifdef __AVX512F__
+        if (D % 16 == 0) {
+            for (int64_t d = 0; d < D; d += 16) {
+                __m512 v = load16(v_cache, v_index + d, dtype);
+                for (int64_t g = 0; g < G; g++) {
+                    __m512 a = _mm512_loadu_ps(acc + g * D + d);
+                    a = _mm512_fmadd_ps(_mm512_set1_ps(scores[g * context + j]), v, a);
+                    _mm512_storeu_ps(acc + g * D + d, a);
+                }
+            }
+            continue;
+        }
+#endif
+        for (int64_t d = 0; d < D; d++) {
+            float v = load_elem(v_cache, v_index + d, dtype);
+            for (int64_t g = 0; g < G; g++) acc[g * D + d] += scores[g * context + j] * v;
+        }
+    }
+    for (int64_t g = 0; g < G; g++)
+        for (int64_t d = 0; d < D; d++)
+            store_elem(out, out_index + g * D + d, acc[g * D + d] * inv_sum[g], dtype);
+}
+
+/* Returns 0 on success, -1 when the shapes exceed the kernel's limits or memory runs out. */
+int decode_attention(const void *qkv, int64_t row_stride, const float *cos, const float *sin,
+                     const int64_t *positions, void *k_cache, void *v_cache, int64_t num_slots,
+                     const int32_t *block_tables, int64_t max_blocks, int64_t block_size,
+                     void *out, int64_t B, int64_t H, int64_t KV, int64_t D, float scale,
+                     int dtype, int num_threads) {
+    const int64_t G = H / KV, elem = dtype ? 2 : 4;
+    if (G > MAX_GROUP || D > MAX_HEAD_DIM || D % 2) return -1;
+    int64_t max_context = 0;
+    for (int64_t b = 0; b < B; b++)
+        max_context = positions[b] + 1 > max_context ? positions[b] + 1 : max_context;
+    /* queries [B, H, D] float32, then one scratch area per thread: scores + accumulators */
+    const int64_t scratch_size = G * max_context + G * D;
+    float *queries = malloc((size_t)(B * H * D + num_threads * scratch_size) * sizeof(float));
+    if (!queries) return -1;
+#pragma omp parallel num_threads(num_threads)
+    {
+#pragma omp for schedule(static)
+        for (int64_t b = 0; b < B; b++) {
+            int64_t position = positions[b];
+            const int32_t *table = block_tables + b * max_blocks;
+            int64_t slot = (int64_t)table[position / block_size] * block_size + position % block_size;
+            rope_and_write((const char *)qkv + b * row_stride * elem, cos, sin, position, k_cache,
+                           v_cache, num_slots, slot, queries + b * H * D, H, KV, D, dtype);
+        }
+        /* implicit barrier: every key is in the cache before anyone reads */
+        float *scratch = queries + B * H * D + omp_get_thread_num() * scratch_size;
+#pragma omp for schedule(dynamic, 1)
+        for (int64_t item = 0; item < B * KV; item++) {
+            int64_t b = item / KV, kv_head = item % KV, first = (b * H + kv_head * G) * D;
+            attend_group(queries + first, k_cache, v_cache, kv_head * num_slots * D,
+                         block_tables + b * max_blocks, block_size, positions[b] + 1, G, D,
+                         scale, dtype, scratch, out, first);
+        }
+    }
+    free(queries);
+    return 0;
+}
