@@ -15,6 +15,7 @@ from torch import nn
 
 from starserve.model.attention import AttentionBatch, layer_attention
 from starserve.model.config import ModelConfig
+from starserve.model.native import add_rms_norm, linear, silu_mul
 
 
 class RMSNorm(nn.Module):
@@ -23,11 +24,12 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(size), requires_grad=False)
         self.eps = eps
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # Same operation order as transformers' LlamaRMSNorm, so float32 results match bit-wise.
-        x32 = x.float()
-        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * x32.to(x.dtype)
+    def forward(self, x: torch.Tensor, delta: torch.Tensor | None = None) -> torch.Tensor:
+        """Adds `delta` into the residual stream `x` in place first, when given.
+
+        Same operation order as transformers' LlamaRMSNorm, so float32 results match bit-wise;
+        bfloat16 goes through one native call when the kernels are built."""
+        return add_rms_norm(x, delta, self.weight, self.eps)
 
 
 def rope_tables(config: ModelConfig, max_positions: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -62,16 +64,19 @@ class DecoderLayer(nn.Module):
     def forward(
         self,
         h: torch.Tensor,
+        delta: torch.Tensor | None,
         rope: tuple[torch.Tensor, torch.Tensor],
         kv_cache: torch.Tensor,
         batch: AttentionBatch,
     ) -> torch.Tensor:
-        """h [T, hidden] residual stream; rope = cos/sin [T, 1, D]; kv_cache [2, KV, slots, D]."""
-        qkv = F.linear(self.input_norm(h), self.qkv_weight, self.qkv_bias)
+        """h [T, hidden] residual stream, to which `delta` (the previous layer's output, None at
+        the first layer) is added in place; rope = cos/sin [T, 1, D]; kv_cache [2, KV, slots, D].
+        Returns this layer's output, for the next layer (or the final norm) to add."""
+        qkv = linear(self.input_norm(h, delta), self.qkv_weight, self.qkv_bias)
         attn = layer_attention(qkv, rope, kv_cache, batch, self.shape, self.scale)
-        h = h + F.linear(attn, self.o_weight)
-        gate, up = F.linear(self.post_norm(h), self.gate_up_weight).chunk(2, dim=-1)
-        return h + F.linear(F.silu(gate) * up, self.down_weight)
+        attn_out = linear(attn, self.o_weight, None)
+        gate_up = linear(self.post_norm(h, attn_out), self.gate_up_weight, None)
+        return linear(silu_mul(gate_up), self.down_weight, None)
 
 
 @dataclass(slots=True)
@@ -121,11 +126,12 @@ class LlamaModel(nn.Module):
             self.rope_cos[positions].to(dtype)[:, None, :],
             self.rope_sin[positions].to(dtype)[:, None, :],
         )
-        middle = None
+        middle = delta = None
         for index, layer in enumerate(self.layers):
-            h = layer(h, rope, kv_cache[index], batch)
+            delta = layer(h, delta, rope, kv_cache[index], batch)
             if index == middle_layer:
-                middle = h[select_index].float()
-        hidden = self.norm(h[select_index])
-        logits = F.linear(hidden, self.lm_head).float()
+                middle = (h[select_index] + delta[select_index]).float()
+        assert delta is not None
+        hidden = self.norm(h[select_index], delta[select_index])
+        logits = linear(hidden, self.lm_head, None).float()
         return ForwardOutput(logits=logits, hidden_last=hidden.float(), hidden_middle=middle)

@@ -1,9 +1,14 @@
 """Native CPU kernels: C sources in `kernels/`, compiled on first use and loaded with ctypes.
 
-The decode-attention kernel reads each sequence's K/V blocks where they lie in the paged cache
-instead of gathering them into a contiguous copy every layer (see docs/engine.md). It is built
-with the system C compiler (`CC`, else `cc`) for this very CPU (`-march=native`) into
-`cache/native/`, keyed on the source, the flags and the CPU, so a checkout moved to another
+- `decode_attention` reads each sequence's K/V blocks where they lie in the paged cache instead
+  of gathering them into a contiguous copy every layer (see docs/engine.md);
+- `small_linear` is the matrix-vector product of a batch of 1-4 decode tokens in bfloat16,
+  where the library GEMM is slower than reading the weights once;
+- `add_rms_norm` and `silu_mul` do a layer's element-wise work in one call each (bfloat16),
+  where PyTorch dispatches five to eight small operators.
+
+They are built with the system C compiler (`CC`, else `cc`) for this very CPU (`-march=native`)
+into `cache/native/`, keyed on the sources, the flags and the CPU, so a checkout moved to another
 machine rebuilds. Without a compiler, or with `STARSERVE_NATIVE=0`, the engine keeps the
 PyTorch path and says so once.
 
@@ -25,21 +30,27 @@ import tempfile
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 from starserve.paths import cache_dir
 
 logger = logging.getLogger(__name__)
 
-SOURCE = Path(__file__).resolve().parent / "kernels" / "decode_attention.c"
+KERNELS_DIR = Path(__file__).resolve().parent / "kernels"
+SOURCES = tuple(
+    KERNELS_DIR / name for name in ("decode_attention.c", "small_linear.c", "elementwise.c")
+)
+SMALL_LINEAR_MAX_ROWS = 4  # MAX_ROWS in small_linear.c
 FLAGS = ("-O3", "-march=native", "-fopenmp", "-ffp-contract=off", "-shared", "-fPIC")
 DTYPE_CODES = {torch.float32: 0, torch.bfloat16: 1}
 
 _i64, _ptr = ctypes.c_int64, ctypes.c_void_p
-_SIGNATURE = (
+_ATTENTION_SIGNATURE = (
     [_ptr, _i64, _ptr, _ptr, _ptr, _ptr, _ptr, _i64, _ptr, _i64, _i64, _ptr]
     + [_i64] * 4
     + [ctypes.c_float, ctypes.c_int, ctypes.c_int]
 )
+_LINEAR_SIGNATURE = [_ptr, _i64, _ptr, _ptr, _ptr, _i64, _i64, _i64, ctypes.c_int, ctypes.c_int]
 
 
 def _cpu_fingerprint() -> str:
@@ -60,7 +71,7 @@ def _build(output: Path) -> None:
     with tempfile.TemporaryDirectory(dir=output.parent) as tmp:
         partial = Path(tmp) / output.name
         subprocess.run(
-            [compiler, *FLAGS, "-o", str(partial), str(SOURCE), "-lm"],
+            [compiler, *FLAGS, "-o", str(partial), *map(str, SOURCES), "-lm"],
             check=True,
             capture_output=True,
             text=True,
@@ -69,25 +80,102 @@ def _build(output: Path) -> None:
 
 
 @functools.cache
-def decode_attention_kernel() -> ctypes._CFuncPtr | None:  # type: ignore[name-defined]
-    """The compiled `decode_attention` function, or None (PyTorch path) when unavailable."""
+def _library() -> ctypes.CDLL | None:
     if os.environ.get("STARSERVE_NATIVE", "1") == "0":
         return None
     key = hashlib.sha256()
-    for part in (SOURCE.read_bytes(), " ".join(FLAGS).encode(), _cpu_fingerprint().encode()):
+    for part in (*(p.read_bytes() for p in SOURCES), " ".join(FLAGS).encode()):
         key.update(part)
-    library_path = cache_dir() / "native" / f"decode_attention-{key.hexdigest()[:16]}.so"
+    key.update(_cpu_fingerprint().encode())
+    library_path = cache_dir() / "native" / f"starserve_kernels-{key.hexdigest()[:16]}.so"
     try:
         if not library_path.exists():
             _build(library_path)
-        function = ctypes.CDLL(str(library_path)).decode_attention
+        library = ctypes.CDLL(str(library_path))
     except (OSError, RuntimeError, subprocess.CalledProcessError) as err:
         detail = getattr(err, "stderr", "") or err
-        logger.warning("native decode attention unavailable, using PyTorch: %s", detail)
+        logger.warning("native kernels unavailable, using PyTorch: %s", detail)
         return None
-    function.argtypes = _SIGNATURE
-    function.restype = ctypes.c_int
-    return function
+    library.decode_attention.argtypes = _ATTENTION_SIGNATURE
+    library.decode_attention.restype = ctypes.c_int
+    library.small_linear.argtypes = _LINEAR_SIGNATURE
+    library.small_linear.restype = ctypes.c_int
+    library.add_rms_norm.argtypes = [
+        _ptr,
+        _ptr,
+        _ptr,
+        _ptr,
+        _i64,
+        _i64,
+        ctypes.c_float,
+        ctypes.c_int,
+    ]
+    library.add_rms_norm.restype = None
+    library.silu_mul.argtypes = [_ptr, _ptr, _i64, _i64, ctypes.c_int]
+    library.silu_mul.restype = None
+    return library
+
+
+def _bf16_library(*tensors: torch.Tensor) -> ctypes.CDLL | None:
+    """The kernels, when every tensor is a contiguous bfloat16 one and they are built."""
+    if all(t.dtype == torch.bfloat16 and t.is_contiguous() for t in tensors):
+        return _library()
+    return None
+
+
+def add_rms_norm(
+    h: torch.Tensor, delta: torch.Tensor | None, weight: torch.Tensor, eps: float
+) -> torch.Tensor:
+    """h += delta in place (when given); returns weight * rmsnorm(h), as `RMSNorm` computes it."""
+    operands = (h, weight) if delta is None else (h, delta, weight)
+    library = _bf16_library(*operands)
+    if library is None or h.dim() != 2:
+        if delta is not None:
+            h.add_(delta)
+        x32 = h.float()
+        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)
+        return weight * x32.to(h.dtype)
+    out = torch.empty_like(h)
+    library.add_rms_norm(
+        h.data_ptr(), None if delta is None else delta.data_ptr(), weight.data_ptr(),
+        out.data_ptr(), h.shape[0], h.shape[1], eps, torch.get_num_threads(),
+    )  # fmt: skip
+    return out
+
+
+def silu_mul(gate_up: torch.Tensor) -> torch.Tensor:
+    """silu(gate) * up of the fused [M, 2I] gate|up product."""
+    library = _bf16_library(gate_up)
+    if library is None or gate_up.dim() != 2:
+        gate, up = gate_up.chunk(2, dim=-1)
+        return F.silu(gate) * up
+    rows, width = gate_up.shape
+    out = torch.empty(rows, width // 2, dtype=gate_up.dtype)
+    library.silu_mul(gate_up.data_ptr(), out.data_ptr(), rows, width // 2, torch.get_num_threads())
+    return out
+
+
+def decode_attention_kernel() -> ctypes._CFuncPtr | None:  # type: ignore[name-defined]
+    """The compiled `decode_attention` function, or None (PyTorch path) when unavailable."""
+    library = _library()
+    return None if library is None else library.decode_attention
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """F.linear, through `small_linear` for 1-4 bfloat16 rows when the kernels are built."""
+    rows = x.shape[0]
+    if x.dtype != torch.bfloat16 or rows > SMALL_LINEAR_MAX_ROWS or x.dim() != 2:
+        return F.linear(x, weight, bias)
+    library = _library()
+    if library is None or x.stride(1) != 1 or not weight.is_contiguous():
+        return F.linear(x, weight, bias)
+    out_features, in_features = weight.shape
+    out = torch.empty(rows, out_features, dtype=x.dtype)
+    library.small_linear(
+        x.data_ptr(), x.stride(0), weight.data_ptr(), None if bias is None else bias.data_ptr(),
+        out.data_ptr(), rows, out_features, in_features, 1, torch.get_num_threads(),
+    )  # fmt: skip
+    return out
 
 
 class NativeDecodeAttention:

@@ -4,9 +4,16 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from starserve.model.attention import AttentionBatch, layer_attention
-from starserve.model.native import NativeDecodeAttention, decode_attention_kernel
+from starserve.model.native import (
+    NativeDecodeAttention,
+    add_rms_norm,
+    decode_attention_kernel,
+    linear,
+    silu_mul,
+)
 
 H, KV, D, BLOCK = 9, 3, 64, 16
 
@@ -81,3 +88,40 @@ def test_bfloat16_kernel_is_as_close_to_float32_as_pytorch_bfloat16() -> None:
     torch_error = (_torch_reference(case, torch.bfloat16).float() - exact).abs().max()
     assert native_error <= torch_error * 1.01, (native_error, torch_error)
     assert native_error < 0.05
+
+
+@pytest.mark.parametrize("rows", [1, 3, 4])
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_small_linear_matches_torch_in_bfloat16(rows: int, with_bias: bool) -> None:
+    assert decode_attention_kernel() is not None, "the native kernels did not build"
+    gen = torch.Generator().manual_seed(rows)
+    # 579 inputs: a tail past the 32-wide vector loop; 1027 outputs: a partial last block.
+    x = torch.randn(rows, 579, generator=gen).bfloat16()
+    weight = torch.randn(1027, 579, generator=gen).bfloat16()
+    bias = torch.randn(1027, generator=gen).bfloat16() if with_bias else None
+    exact = torch.nn.functional.linear(
+        x.float(), weight.float(), None if bias is None else bias.float()
+    )
+    out = linear(x, weight, bias)
+    assert out.dtype == torch.bfloat16 and out.shape == (rows, 1027)
+    # float32 accumulation, one rounding to bfloat16: within half a bfloat16 ulp (2^-9 relative)
+    torch.testing.assert_close(out.float(), exact, rtol=2**-8, atol=1e-3)
+
+
+@pytest.mark.parametrize("rows", [1, 5])
+def test_fused_elementwise_match_torch_bfloat16(rows: int) -> None:
+    assert decode_attention_kernel() is not None, "the native kernels did not build"
+    gen = torch.Generator().manual_seed(rows)
+    h = torch.randn(rows, 576, generator=gen).bfloat16()
+    delta = torch.randn(rows, 576, generator=gen).bfloat16()
+    weight = torch.rand(576, generator=gen).bfloat16()
+    expected_h = h + delta
+    x32 = expected_h.float()
+    x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + 1e-5)
+    expected = weight * x32.to(torch.bfloat16)
+    out = add_rms_norm(h, delta, weight, 1e-5)
+    assert torch.equal(h, expected_h)  # the residual stream is updated in place, same rounding
+    torch.testing.assert_close(out, expected, rtol=2**-7, atol=1e-2)
+    gate_up = torch.randn(rows, 2 * 1536, generator=gen).bfloat16() * 4
+    gate, up = gate_up.chunk(2, dim=-1)
+    torch.testing.assert_close(silu_mul(gate_up), F.silu(gate) * up, rtol=2**-7, atol=1e-2)

@@ -1,0 +1,122 @@
+/* y = x W^T (+ bias) for a few rows of x: the decode-time matrix-vector products of a small batch.
+ *
+ * At batch 1-4 a linear layer is bound by reading W once from memory; the library GEMM paths spend
+ * more on their own set-up and (for bfloat16) unpack W slowly. This kernel streams W once, four
+ * output features at a time, each of them dotted with every row of x.
+ *
+ *   x    [M, K]   (row stride x_stride)
+ *   W    [N, K]   row-major, contiguous
+ *   bias [N] or NULL
+ *   out  [M, N]   contiguous
+ * dtype 0 = float32, 1 = bfloat16 (x, W, bias and out share it); accumulation in float32.
+ */
+#include <stdint.h>
+#include <string.h>
+#ifdef __AVX512F__
+#include <immintrin.h>
+#endif
+
+#define MAX_ROWS 4
+#define OUT_BLOCK 4
+
+static inline float bf16_value(uint16_t h) {
+    uint32_t bits = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &bits, sizeof f);
+    return f;
+}
+
+static inline uint16_t bf16_round(float f) { /* round to nearest even, as torch does */
+    uint32_t bits;
+    memcpy(&bits, &f, sizeof bits);
+    if ((bits & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((bits >> 16) | 0x40);
+    bits += 0x7fffu + ((bits >> 16) & 1u);
+    return (uint16_t)(bits >> 16);
+}
+
+static inline float element(const void *base, int64_t index, int dtype) {
+    return dtype ? bf16_value(((const uint16_t *)base)[index]) : ((const float *)base)[index];
+}
+
+/* dot[m][o] = x[m] . W[n0 + o] for o < count (<= OUT_BLOCK), over K. */
+static void dot_block(const void *x, int64_t x_stride, const void *W, int64_t n0, int64_t count,
+                      int64_t M, int64_t K, int dtype, float dot[MAX_ROWS][OUT_BLOCK]) {
+    int64_t k0 = 0;
+#if defined(__AVX512F__)
+    __m512 acc[MAX_ROWS][OUT_BLOCK];
+    for (int64_t m = 0; m < M; m++)
+        for (int64_t o = 0; o < OUT_BLOCK; o++) acc[m][o] = _mm512_setzero_ps();
+    if (dtype) {
+        const uint16_t *xs = x, *ws = W;
+#if defined(__AVX512BF16__)
+        /* 32 bfloat16 pairs per instruction: products exact, sums in float32. */
+        for (; k0 + 32 <= K; k0 += 32) {
+            __m512i w[OUT_BLOCK];
+            for (int64_t o = 0; o < count; o++)
+                w[o] = _mm512_loadu_si512((const void *)(ws + (n0 + o) * K + k0));
+            for (int64_t m = 0; m < M; m++) {
+                __m512bh xv = (__m512bh)_mm512_loadu_si512((const void *)(xs + m * x_stride + k0));
+                for (int64_t o = 0; o < count; o++)
+                    acc[m][o] = _mm512_dpbf16_ps(acc[m][o], xv, (__m512bh)w[o]);
+            }
+        }
+#else
+        for (; k0 + 16 <= K; k0 += 16) {
+            __m512 w[OUT_BLOCK];
+            for (int64_t o = 0; o < count; o++)
+                w[o] = _mm512_castsi512_ps(_mm512_slli_epi32(
+                    _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(ws + (n0 + o) * K + k0))), 16));
+            for (int64_t m = 0; m < M; m++) {
+                __m512 xv = _mm512_castsi512_ps(_mm512_slli_epi32(
+                    _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(xs + m * x_stride + k0))), 16));
+                for (int64_t o = 0; o < count; o++) acc[m][o] = _mm512_fmadd_ps(xv, w[o], acc[m][o]);
+            }
+        }
+#endif
+    } else {
+        const float *xs = x, *ws = W;
+        for (; k0 + 16 <= K; k0 += 16) {
+            __m512 w[OUT_BLOCK];
+            for (int64_t o = 0; o < count; o++) w[o] = _mm512_loadu_ps(ws + (n0 + o) * K + k0);
+            for (int64_t m = 0; m < M; m++) {
+                __m512 xv = _mm512_loadu_ps(xs + m * x_stride + k0);
+                for (int64_t o = 0; o < count; o++) acc[m][o] = _mm512_fmadd_ps(xv, w[o], acc[m][o]);
+            }
+        }
+    }
+    for (int64_t m = 0; m < M; m++)
+        for (int64_t o = 0; o < count; o++) dot[m][o] = _mm512_reduce_add_ps(acc[m][o]);
+#else
+    for (int64_t m = 0; m < M; m++)
+        for (int64_t o = 0; o < count; o++) dot[m][o] = 0.0f;
+#endif
+    for (int64_t k = k0; k < K; k++) /* tail (and the whole product without AVX-512) */
+        for (int64_t m = 0; m < M; m++) {
+            float xv = element(x, m * x_stride + k, dtype);
+            for (int64_t o = 0; o < count; o++)
+                dot[m][o] += xv * element(W, (n0 + o) * K + k, dtype);
+        }
+}
+
+/* Returns 0 on success, -1 when M exceeds MAX_ROWS. */
+int small_linear(const void *x, int64_t x_stride, const void *W, const void *bias, void *out,
+                 int64_t M, int64_t N, int64_t K, int dtype, int num_threads) {
+    if (M < 1 || M > MAX_ROWS) return -1;
+    const int64_t num_blocks = (N + OUT_BLOCK - 1) / OUT_BLOCK;
+#pragma omp parallel for schedule(static) num_threads(num_threads)
+    for (int64_t block = 0; block < num_blocks; block++) {
+        const int64_t n0 = block * OUT_BLOCK;
+        const int64_t count = N - n0 < OUT_BLOCK ? N - n0 : OUT_BLOCK;
+        float dot[MAX_ROWS][OUT_BLOCK];
+        dot_block(x, x_stride, W, n0, count, M, K, dtype, dot);
+        for (int64_t m = 0; m < M; m++)
+            for (int64_t o = 0; o < count; o++) {
+                float value = dot[m][o] + (bias ? element(bias, n0 + o, dtype) : 0.0f);
+                if (dtype)
+                    ((uint16_t *)out)[m * N + n0 + o] = bf16_round(value);
+                else
+                    ((float *)out)[m * N + n0 + o] = value;
+            }
+    }
+    return 0;
+}
