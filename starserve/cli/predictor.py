@@ -75,15 +75,23 @@ def collect(
     ),
     threads: int = typer.Option(None, min=1, help="torch CPU threads (default: torch's choice)."),
     seed: int = typer.Option(0, help="Seed for prompt order and per-answer sampling."),
+    dtype: str = typer.Option(
+        "bfloat16", help="Engine dtype: bfloat16 (what `starserve serve` runs) or float32."
+    ),
 ) -> None:
     """Answer real prompts with the engine and store labelled hidden states (float16, resumable)."""
     from starserve.predictor.collect import CollectSettings
     from starserve.predictor.collect_run import collect as run_collect
 
+    if dtype not in ("float32", "bfloat16"):
+        raise typer.BadParameter(
+            f"must be float32 or bfloat16, got {dtype!r}", param_hint="--dtype"
+        )
     settings = CollectSettings(
         max_tokens=max_tokens, temperature=temperature, top_p=top_p,
         samples_per_prompt=samples_per_prompt, interval=interval, middle_layer=middle_layer,
         max_prompt_tokens=max_prompt_tokens, max_prompts_per_file=max_prompts, seed=seed,
+        dtype=dtype,
     )  # fmt: skip
     out_dir = out or _default_collection()
     manifest = run_collect(

@@ -14,6 +14,7 @@ import json
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
@@ -38,6 +39,9 @@ class CollectSettings(Settings):
     max_prompt_tokens: int = 1024
     max_prompts_per_file: int | None = None
     seed: int = 0
+    # The engine's dtype: bfloat16 decodes about twice as fast here (AMX, native kernels) and is
+    # what `starserve serve` runs, so the predictor learns the states it will be served.
+    dtype: Literal["float32", "bfloat16"] = "bfloat16"
 
 
 @dataclass(slots=True)

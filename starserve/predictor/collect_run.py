@@ -26,6 +26,7 @@ def make_engine(settings: CollectSettings, concurrency: int, num_threads: int | 
     from starserve.engine import Engine, EngineConfig
 
     config = {
+        "dtype": settings.dtype,
         "max_num_seqs": concurrency,
         "max_model_len": settings.max_prompt_tokens + settings.max_tokens,
         "kv_cache_memory_mb": 2048,
