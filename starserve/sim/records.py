@@ -12,11 +12,11 @@ from collections.abc import Sequence
 import numpy as np
 
 from starserve.metrics import RequestRecord
-from starserve.sim.chunk import ChunkRecord
+from starserve.sim.chunk import Chunk
 from starserve.sim.cluster import ClusterSim
 
 
-def _step_times(log: Sequence[ChunkRecord], starts: list[int], first: int, last: int) -> np.ndarray:
+def _step_times(log: Sequence[Chunk], starts: list[int], first: int, last: int) -> np.ndarray:
     """End times of steps first..last (inclusive) of one instance."""
     out = []
     step = first
