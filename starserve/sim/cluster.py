@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from operator import attrgetter
 from typing import Any
@@ -72,6 +72,7 @@ class ClusterSim:
     _num_finished: int = 0
     _dispatch_cache: dict[int, InstanceSnapshot] = field(default_factory=dict)
     _dispatch_cache_time_s: float = -1.0
+    _blind_snapshots: tuple[InstanceSnapshot, ...] | None = None  # load-blind dispatch's view
 
     def __post_init__(self) -> None:
         self.runner = self.policy.bind()
@@ -132,7 +133,7 @@ class ClusterSim:
     def _dispatch(self, request: SimRequest) -> None:
         snapshots = self._dispatch_snapshots()
         instance_id = self.runner.dispatch(snapshots, self.predictor.new_request(request))
-        if self.policy.dispatch_name not in BLIND_DISPATCH:
+        if self._blind_snapshots is None:
             self._dispatch_cache.pop(instance_id, None)  # the controller counts what it sent
         instance = self.decode[instance_id]
         request.status = RequestStatus.DECODE_WAITING
@@ -140,15 +141,16 @@ class ClusterSim:
         instance.waiting.append(request)
         self._kick(instance)
 
-    def _dispatch_snapshots(self) -> list[InstanceSnapshot]:
+    def _dispatch_snapshots(self) -> Sequence[InstanceSnapshot]:
         """Snapshots at most one poll interval old, as a polling controller holds them."""
-        blind = self.policy.dispatch_name in BLIND_DISPATCH
-        if blind and len(self._dispatch_cache) == len(self.decode):
-            return list(self._dispatch_cache.values())  # built once: nothing in it is read
-        if not blind and self.now_s - self._dispatch_cache_time_s > self.poll_interval_s:
+        if self.policy.dispatch_name in BLIND_DISPATCH:
+            if self._blind_snapshots is None:  # built once: nothing in it is read
+                self._blind_snapshots = tuple(light_snapshot(i, self.now_s) for i in self.decode)
+            return self._blind_snapshots
+        if self.now_s - self._dispatch_cache_time_s > self.poll_interval_s:
             self._dispatch_cache.clear()
             self._dispatch_cache_time_s = self.now_s
-        light = blind or self.policy.dispatch_name in LIGHT_DISPATCH
+        light = self.policy.dispatch_name in LIGHT_DISPATCH
         cache = self._dispatch_cache
         for instance in self.decode:
             if instance.instance_id not in cache:
