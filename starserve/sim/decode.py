@@ -242,7 +242,11 @@ class DecodeInstance:
         return chunk.first_step + chunk.steps_done_by(now_s)
 
     def num_used_blocks_at(self, now_s: float) -> int:
-        grown = (self.steps_done_at(now_s) - self.steps_done) * len(self.running)
+        return self.num_used_blocks_after(self.steps_done_at(now_s))
+
+    def num_used_blocks_after(self, steps_done: int) -> int:
+        """Used blocks once `steps_done` steps (of the chunk in flight) have completed."""
+        grown = (steps_done - self.steps_done) * len(self.running)
         tokens = self.num_kv_tokens + grown
         return -(-tokens // self.block_size) + len(self.running) + self.num_reserved_blocks
 

@@ -26,10 +26,11 @@ class SimPredictor:
     rng: np.random.Generator
 
     def remaining(self, request: SimRequest, num_generated: int) -> float | None:
-        true_remaining = request.num_output_tokens - num_generated
-        if self.kind == "none":
+        kind = self.kind
+        if kind == "none":
             return None
-        if self.kind == "oracle":
+        true_remaining = request.num_output_tokens - num_generated
+        if kind == "oracle":
             return float(true_remaining)
         progress = num_generated / max(1, request.num_output_tokens)
         bucket = self.sampler.bucket(progress)
@@ -54,6 +55,7 @@ def snapshot(
     instance: DecodeInstance, now_s: float, predictor: SimPredictor, is_migrating: bool
 ) -> InstanceSnapshot:
     steps = instance.steps_done_at(now_s)
+    remaining = predictor.remaining
     loads = []
     if not is_migrating:  # policies skip migrating instances; save building their requests
         for request in instance.running.values():
@@ -63,21 +65,22 @@ def snapshot(
                     request.request_id,
                     request.num_prompt_tokens + generated,
                     generated,
-                    predictor.remaining(request, generated),
+                    remaining(request, generated),
                 )
             )
     incoming = []
     for group in (instance.waiting, instance.transferring.values()):
         for request in group:
+            generated = request.num_generated
             incoming.append(
                 RequestLoad(
-                    request_id=request.request_id,
-                    num_context_tokens=request.num_prompt_tokens + request.num_generated,
-                    num_generated_tokens=request.num_generated,
-                    predicted_remaining_tokens=predictor.remaining(request, request.num_generated),
+                    request.request_id,
+                    request.num_prompt_tokens + generated,
+                    generated,
+                    remaining(request, generated),
                 )
             )
-    free = instance.num_total_blocks - instance.num_used_blocks_at(now_s)
+    free = instance.num_total_blocks - instance.num_used_blocks_after(steps)
     waiting_blocks = instance.waiting_blocks() if instance.waiting else 0
     return InstanceSnapshot(
         instance_id=instance.instance_id,
