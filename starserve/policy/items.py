@@ -26,7 +26,7 @@ _prediction_of = attrgetter("predicted_remaining_tokens")
 _generated_of = attrgetter("num_generated_tokens")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)  # compared by identity (holds arrays)
 class InstanceItems:
     """One instance's running and incoming requests, ordered by predicted remaining length
     (ties in request order, as a stable sort leaves them), as STAR's profiles walk them."""
@@ -41,7 +41,7 @@ class InstanceItems:
         return sum(self.remaining_in_request_order.tolist(), 0.0)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)
 class ClusterItems:
     """Every instance's items, instance after instance (in snapshot order), each instance's
     ordered as `InstanceItems` orders them."""
@@ -135,11 +135,7 @@ class ItemsCache:
     def cluster(self, snapshots: Sequence[InstanceSnapshot]) -> ClusterItems:
         instances = self._instances(snapshots)
         latest = self._latest
-        if (
-            latest is None
-            or len(latest.instances) != len(instances)
-            or any(a is not b for a, b in zip(latest.instances, instances, strict=True))
-        ):
+        if latest is None or latest.instances != tuple(instances):  # identity, element-wise
             latest = self._latest = combine(instances)
         return latest
 
