@@ -34,8 +34,9 @@ class SimPredictor:
             return float(true_remaining)
         if not request.ratio_from_generated <= num_generated < request.ratio_until_generated:
             self._observe(request, num_generated)
-        # predicted_from_log_ratio with exp(r) cached on the request
-        return max(0.0, (true_remaining + 1.0) * request.ratio_factor - 1.0)
+        # predicted_from_log_ratio with exp(r) cached on the request (max(0.0, .) spelled out)
+        predicted = (true_remaining + 1.0) * request.ratio_factor - 1.0
+        return predicted if predicted > 0.0 else 0.0
 
     def _observe(self, request: SimRequest, num_generated: int) -> None:
         """Draw a new log ratio if the request's progress bucket changed, and note the
