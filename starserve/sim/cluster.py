@@ -9,6 +9,8 @@ run of identical iterations is one event (see chunk.py).
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import heapq
 import itertools
 from collections.abc import Callable, Iterator, Sequence
@@ -29,6 +31,21 @@ BLIND_DISPATCH = {"round_robin"}  # reads nothing but the instance list
 # ties in push order (arrivals first, in request order) and keeps handlers out of comparisons
 Event = tuple[float, int, Callable[[Any], None], object]
 _prefill_queue_key = attrgetter("num_queued_tokens", "instance_id")
+
+
+@contextlib.contextmanager
+def _cyclic_gc_paused() -> Iterator[None]:
+    """Pause Python's cycle collector: the event loop allocates several objects per event but
+    builds no reference cycles (reference counting frees everything; checked: a collection
+    after a 12k-request run finds nothing), so the collector's passes over the growing heap
+    of requests and chunk logs (~10% of the run) find nothing either."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 @dataclass(slots=True)
@@ -91,6 +108,13 @@ class ClusterSim:
         if self.policy.migrates:
             self._push(self.poll_interval_s, self._on_poll, None)
         self._push(0.0, self._on_timeline, None)
+        with _cyclic_gc_paused():
+            self._loop()
+        unfinished = len(self.requests) - self._num_finished
+        if unfinished:
+            raise RuntimeError(f"simulation ended with {unfinished} unfinished requests")
+
+    def _loop(self) -> None:
         events = self._events
         pop = heapq.heappop
         on_event = self.on_event
@@ -100,9 +124,6 @@ class ClusterSim:
             handler(payload)
             if on_event is not None:
                 on_event(self)
-        unfinished = len(self.requests) - self._num_finished
-        if unfinished:
-            raise RuntimeError(f"simulation ended with {unfinished} unfinished requests")
 
     def _push_next_arrival(self) -> None:
         arrival = next(self._arrivals, None)
