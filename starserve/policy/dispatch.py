@@ -1,9 +1,11 @@
 """Dispatch policies: which decode instance receives a request that has finished prefill.
 
 Every dispatch function has the same signature,
-`(snapshots, request, cursor) -> (instance_id, next_cursor)`: pure, no hidden state. The only
-state any of them needs (round robin's position) is the integer `cursor`, passed in and
-returned; `starserve.policy.registry.PolicyRunner` keeps it between calls for its owner.
+`(snapshots, request, cursor, cache) -> (instance_id, next_cursor)`: pure, no hidden state. The
+only state any of them needs (round robin's position) is the integer `cursor`, passed in and
+returned; `starserve.policy.registry.PolicyRunner` keeps it between calls for its owner, along
+with an `ItemsCache` (a memo of per-instance arrays: it changes the speed, never the answer;
+None builds them afresh).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 
+from starserve.policy.items import ItemsCache
 from starserve.policy.load import (
     StarWeighting,
     llumnix_dispatch_freeness,
@@ -18,7 +21,9 @@ from starserve.policy.load import (
 )
 from starserve.policy.types import InstanceSnapshot, NewRequest
 
-DispatchFn = Callable[[Sequence[InstanceSnapshot], NewRequest, int], tuple[int, int]]
+DispatchFn = Callable[
+    [Sequence[InstanceSnapshot], NewRequest, int, ItemsCache | None], tuple[int, int]
+]
 
 
 def _require_instances(snapshots: Sequence[InstanceSnapshot]) -> None:
@@ -27,7 +32,10 @@ def _require_instances(snapshots: Sequence[InstanceSnapshot]) -> None:
 
 
 def round_robin(
-    snapshots: Sequence[InstanceSnapshot], request: NewRequest, cursor: int
+    snapshots: Sequence[InstanceSnapshot],
+    request: NewRequest,
+    cursor: int,
+    cache: ItemsCache | None = None,
 ) -> tuple[int, int]:
     """vLLM's toy disaggregated proxy: instances in turn, blind to load."""
     _require_instances(snapshots)
@@ -35,7 +43,10 @@ def round_robin(
 
 
 def least_current_load(
-    snapshots: Sequence[InstanceSnapshot], request: NewRequest, cursor: int
+    snapshots: Sequence[InstanceSnapshot],
+    request: NewRequest,
+    cursor: int,
+    cache: ItemsCache | None = None,
 ) -> tuple[int, int]:
     """KV-cache-aware routing (llm-d, SGLang router, Dynamo): fewest KV tokens in use.
 
@@ -50,7 +61,10 @@ def least_current_load(
 
 
 def llumnix_most_free(
-    snapshots: Sequence[InstanceSnapshot], request: NewRequest, cursor: int
+    snapshots: Sequence[InstanceSnapshot],
+    request: NewRequest,
+    cursor: int,
+    cache: ItemsCache | None = None,
 ) -> tuple[int, int]:
     """Llumnix's own dispatch: the instance with the highest freeness (free blocks left after
     the waiting requests' demand, per request)."""
@@ -61,10 +75,13 @@ def llumnix_most_free(
 
 def _star_dispatch(weighting: StarWeighting) -> DispatchFn:
     def dispatch(
-        snapshots: Sequence[InstanceSnapshot], request: NewRequest, cursor: int
+        snapshots: Sequence[InstanceSnapshot],
+        request: NewRequest,
+        cursor: int,
+        cache: ItemsCache | None = None,
     ) -> tuple[int, int]:
         _require_instances(snapshots)
-        loads = star_dispatch_loads(snapshots, request, weighting)
+        loads = star_dispatch_loads(snapshots, request, weighting, cache)
         fits = [
             s
             for s in snapshots

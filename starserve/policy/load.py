@@ -18,15 +18,16 @@ share.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from operator import itemgetter
 from typing import Literal
 
 import numpy as np
 
+from starserve.policy.items import ClusterItems, ItemsCache, cluster_item_arrays
 from starserve.policy.types import InstanceSnapshot, NewRequest, RequestLoad
-from starserve.policy.vector import cluster_profiles
+from starserve.policy.vector import profiles_of_arrays
 
 WeightMode = Literal["dynamic", "current", "predicted"]
 MIN_DYNAMIC_WEIGHT = 0.5
@@ -76,16 +77,6 @@ def predicted_remaining(request: RequestLoad) -> float:
     return float(generated if generated > 1 else 1)
 
 
-def cluster_horizon(items_by_instance: Mapping[int, Sequence[tuple[float, float]]]) -> float:
-    """H: mean predicted remaining length of all requests (at least 1)."""
-    total = 0.0
-    count = 0
-    for items in items_by_instance.values():
-        total += sum(map(itemgetter(1), items))
-        count += len(items)
-    return max(1.0, total / count) if count else 1.0
-
-
 def cluster_utilization(snapshots: Sequence[InstanceSnapshot]) -> float:
     total = sum(s.num_total_blocks for s in snapshots)
     used = sum(s.num_used_blocks + s.num_waiting_blocks for s in snapshots)
@@ -94,22 +85,15 @@ def cluster_utilization(snapshots: Sequence[InstanceSnapshot]) -> float:
 
 @dataclass(frozen=True, slots=True)
 class StarContext:
-    """Cluster-wide quantities of one policy round: horizon H and weight w."""
+    """Cluster-wide quantities of one policy round: weight w."""
 
-    horizon: float
     weight: float
     uses_predictions: bool = True  # False: the current-load-only ablation
 
 
-def star_context(
-    snapshots: Sequence[InstanceSnapshot],
-    weighting: StarWeighting,
-    items_by_instance: Mapping[int, Sequence[tuple[float, float]]] | None = None,
-) -> StarContext:
-    """This round's H and w (pass `cluster_items(snapshots)` if already computed)."""
-    items = items_by_instance if items_by_instance is not None else cluster_items(snapshots)
+def star_context(snapshots: Sequence[InstanceSnapshot], weighting: StarWeighting) -> StarContext:
+    """This round's w."""
     return StarContext(
-        horizon=cluster_horizon(items),
         weight=weighting.weight(cluster_utilization(snapshots)),
         uses_predictions=weighting.mode != "current",
     )
@@ -182,11 +166,6 @@ def instance_items(snapshot: InstanceSnapshot) -> list[tuple[float, float]]:
     return items  # type: ignore[return-value]  # int contexts are fine where floats are
 
 
-def cluster_items(snapshots: Sequence[InstanceSnapshot]) -> dict[int, list[tuple[float, float]]]:
-    """`instance_items` of every instance, by instance id (computed once per round)."""
-    return {s.instance_id: instance_items(s) for s in snapshots}
-
-
 def _untracked_waiting_tokens(snapshot: InstanceSnapshot) -> int:
     """Waiting demand known only as a block count (when `incoming` is not filled in)."""
     if snapshot.incoming:
@@ -225,36 +204,40 @@ def load_of_items(
 
 
 def cluster_loads(
-    snapshots: Sequence[InstanceSnapshot],
-    items: Mapping[int, Sequence[tuple[float, float]]],
-    ctx: StarContext,
+    snapshots: Sequence[InstanceSnapshot], items: ClusterItems, ctx: StarContext
 ) -> dict[int, tuple[float, float]]:
     """`load_of_items` of every instance, vectorised (what one policy round evaluates)."""
     capacity = np.array([max(1, s.kv_capacity_tokens) for s in snapshots], dtype=np.float64)
-    groups = [items[s.instance_id] for s in snapshots]
-    sizes = np.array([len(g) for g in groups], dtype=np.float64)
+    sizes = items.sizes.astype(np.float64)
     usable = capacity - np.array([s.block_size for s in snapshots]) * sizes
     bases = np.array([_untracked_waiting_tokens(s) for s in snapshots], dtype=np.float64)
-    current, peak, overflow = cluster_profiles(groups, usable, bases)
+    current, peak, overflow = profiles_of_arrays(
+        items.context, items.remaining, items.sizes, usable, bases
+    )
     if not ctx.uses_predictions:  # nothing is known to finish: growth only
         room = usable - current
         with np.errstate(divide="ignore", invalid="ignore"):
             overflow = np.where(room < 0, 0.0, np.where(sizes > 0, room / sizes, np.inf))
     score = ((1.0 - ctx.weight) * current + ctx.weight * peak) / capacity
-    return {s.instance_id: (float(score[i]), float(overflow[i])) for i, s in enumerate(snapshots)}
+    return {
+        s.instance_id: (score, steps)
+        for s, score, steps in zip(snapshots, score.tolist(), overflow.tolist(), strict=True)
+    }
 
 
 def star_dispatch_loads(
-    snapshots: Sequence[InstanceSnapshot], request: NewRequest, weighting: StarWeighting
+    snapshots: Sequence[InstanceSnapshot],
+    request: NewRequest,
+    weighting: StarWeighting,
+    cache: ItemsCache | None = None,
 ) -> dict[int, tuple[float, float]]:
     """Each instance's (STAR score, predicted steps to KV exhaustion) with `request` added."""
-    items = cluster_items(snapshots)
-    ctx = star_context(snapshots, weighting, items)
+    items = cluster_item_arrays(snapshots, cache)
+    ctx = star_context(snapshots, weighting)
     remaining = (
-        ctx.horizon
+        items.horizon()
         if request.predicted_output_tokens is None
         else max(0.0, request.predicted_output_tokens)
     )
-    new_item = (float(request.num_prompt_tokens), remaining)
-    with_new = {i: [*group, new_item] for i, group in items.items()}
+    with_new = items.with_item_each(float(request.num_prompt_tokens), remaining)
     return cluster_loads(snapshots, with_new, ctx)

@@ -1,6 +1,7 @@
 """Rebalance policies: which running requests move between decode instances this round.
 
-Every rebalance function has the signature `(snapshots) -> list[MigrationDecision]`; pure.
+Every rebalance function has the signature `(snapshots, cache) -> list[MigrationDecision]`;
+pure (`cache`, an `ItemsCache` or None, only saves rebuilding per-instance arrays).
 Shared rules: an instance with a migration in flight is neither source nor destination (one
 migration per instance at a time), and no instance appears in two decisions of one round.
 """
@@ -11,10 +12,10 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from starserve.policy.items import ItemsCache, cluster_item_arrays
 from starserve.policy.load import (
     StarContext,
     StarWeighting,
-    cluster_items,
     cluster_loads,
     instance_items,
     llumnix_freeness,
@@ -25,14 +26,16 @@ from starserve.policy.load import (
 )
 from starserve.policy.types import InstanceSnapshot, MigrationDecision, RequestLoad
 
-RebalanceFn = Callable[[Sequence[InstanceSnapshot]], list[MigrationDecision]]
+RebalanceFn = Callable[[Sequence[InstanceSnapshot], ItemsCache | None], list[MigrationDecision]]
 
 # Llumnix's defaults (llumnix/arg_utils.py): migrate-out threshold -3 on load = -freeness,
 # i.e. a source when fewer than 3 free blocks per running request.
 LLUMNIX_MIGRATE_OUT_FREENESS = 3.0
 
 
-def no_migration(snapshots: Sequence[InstanceSnapshot]) -> list[MigrationDecision]:
+def no_migration(
+    snapshots: Sequence[InstanceSnapshot], cache: ItemsCache | None = None
+) -> list[MigrationDecision]:
     """Never move anything (static PD disaggregation)."""
     return []
 
@@ -68,7 +71,9 @@ def shortest_request(snapshot: InstanceSnapshot) -> RequestLoad:
     return min(snapshot.requests, key=lambda r: (r.num_context_tokens, r.request_id))
 
 
-def llumnix(snapshots: Sequence[InstanceSnapshot]) -> list[MigrationDecision]:
+def llumnix(
+    snapshots: Sequence[InstanceSnapshot], cache: ItemsCache | None = None
+) -> list[MigrationDecision]:
     """Llumnix's defrag pairing: i-th most loaded source with i-th least loaded destination,
     each moving its shortest running request."""
     decisions = []
@@ -157,7 +162,9 @@ def relief_request(
 
 
 def star_plan(
-    snapshots: Sequence[InstanceSnapshot], params: StarRebalanceParams
+    snapshots: Sequence[InstanceSnapshot],
+    params: StarRebalanceParams,
+    cache: ItemsCache | None = None,
 ) -> list[MigrationDecision]:
     """Two passes. Relief: instances about to run out of blocks (or preempting) send their
     fastest-growing request to the instances with the most free blocks. Balance: the
@@ -165,8 +172,8 @@ def star_plan(
     request that best evens the pair's scores."""
     if len(snapshots) < 2:
         return []
-    items = cluster_items(snapshots)
-    ctx = star_context(snapshots, params.weighting, items)
+    items = cluster_item_arrays(snapshots, cache)
+    ctx = star_context(snapshots, params.weighting)
     loads = cluster_loads(snapshots, items, ctx)
     scores = {i: load[0] for i, load in loads.items()}
     overflow = {i: load[1] for i, load in loads.items()}
@@ -210,8 +217,10 @@ def star_plan(
 
 
 def _star_rebalance(params: StarRebalanceParams) -> RebalanceFn:
-    def rebalance(snapshots: Sequence[InstanceSnapshot]) -> list[MigrationDecision]:
-        return star_plan(snapshots, params)
+    def rebalance(
+        snapshots: Sequence[InstanceSnapshot], cache: ItemsCache | None = None
+    ) -> list[MigrationDecision]:
+        return star_plan(snapshots, params, cache)
 
     rebalance.__name__ = f"star_rebalance_{params.weighting.mode}"
     return rebalance

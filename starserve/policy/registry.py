@@ -7,11 +7,12 @@ The simulator and the Ray controller both look policies up here and run them thr
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 from starserve.errors import StarserveError
 from starserve.policy.dispatch import DISPATCH_POLICIES, DispatchFn
+from starserve.policy.items import ItemsCache
 from starserve.policy.rebalance import REBALANCE_POLICIES, RebalanceFn
 from starserve.policy.types import InstanceSnapshot, MigrationDecision, NewRequest
 
@@ -52,10 +53,13 @@ class PolicySpec:
 
 @dataclass(slots=True)
 class PolicyRunner:
-    """Calls one policy's pure functions, carrying round robin's cursor between calls."""
+    """Calls one policy's pure functions, carrying round robin's cursor between calls, and
+    the per-instance arrays STAR derives from snapshots (rebuilt only for an instance whose
+    snapshot changed, so dispatch and the plan of one round share them)."""
 
     spec: PolicySpec
     cursor: int = 0
+    items_cache: ItemsCache = field(default_factory=ItemsCache)
 
     @property
     def name(self) -> str:
@@ -63,12 +67,14 @@ class PolicyRunner:
 
     def dispatch(self, snapshots: Sequence[InstanceSnapshot], request: NewRequest) -> int:
         """The decode instance id for `request`."""
-        instance_id, self.cursor = self.spec.dispatch(snapshots, request, self.cursor)
+        instance_id, self.cursor = self.spec.dispatch(
+            snapshots, request, self.cursor, self.items_cache
+        )
         return instance_id
 
     def plan_migrations(self, snapshots: Sequence[InstanceSnapshot]) -> list[MigrationDecision]:
         """This round's migrations (empty for policies that never migrate)."""
-        return self.spec.rebalance(snapshots)
+        return self.spec.rebalance(snapshots, self.items_cache)
 
 
 def _spec(

@@ -4,7 +4,8 @@ While a decode instance's batch does not change, iteration i (1-based) of a run 
 with K0 KV tokens and B sequences takes `fixed(B) + g * (K0 + (i - 1) * B)` seconds (g = the
 latency model's seconds per KV token), so the end of iteration i is a quadratic in i and the
 number of iterations finished by time t is its inverse. One chunk replaces thousands of
-iteration events; the chunk log lets every token's time be recovered afterwards.
+iteration events; the chunk log (every chunk started, never changed once started) lets
+every token's time be recovered afterwards.
 """
 
 from __future__ import annotations
@@ -43,10 +44,19 @@ class Chunk:
             guess = int((-b + math.sqrt(b * b + 4 * a * elapsed)) / (2 * a))
         else:
             guess = int(elapsed / b) if b > 0 else self.num_steps
-        guess = max(0, min(guess, self.num_steps))
-        while guess < self.num_steps and self.end_time_s(guess + 1) <= time_s:
+        # correct the float guess by at most a step or two (end_time_s inlined: a hot loop)
+        num_steps = self.num_steps
+        guess = max(0, min(guess, num_steps))
+        start, per_step, growth = (
+            self.start_time_s,
+            self.fixed_s + self.kv_first_s,
+            self.kv_growth_s,
+        )
+        while guess < num_steps and (
+            start + (guess + 1) * per_step + growth * (guess + 1) * guess / 2.0 <= time_s
+        ):
             guess += 1
-        while guess > 0 and self.end_time_s(guess) > time_s:
+        while guess > 0 and start + guess * per_step + growth * guess * (guess - 1) / 2.0 > time_s:
             guess -= 1
         return guess
 
@@ -56,21 +66,3 @@ class Chunk:
         if done < self.num_steps and self.end_time_s(done) < time_s:
             return done + 1
         return done
-
-
-@dataclass(frozen=True, slots=True)
-class ChunkRecord:
-    """What the token-time reconstruction needs of a chunk."""
-
-    first_step: int
-    start_time_s: float
-    fixed_s: float
-    kv_first_s: float
-    kv_growth_s: float
-
-    def step_end_time_s(self, i: int) -> float:
-        return (
-            self.start_time_s
-            + i * (self.fixed_s + self.kv_first_s)
-            + self.kv_growth_s * i * (i - 1) / 2.0
-        )

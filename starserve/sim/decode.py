@@ -14,7 +14,7 @@ import heapq
 from collections import deque
 from dataclasses import dataclass, field
 
-from starserve.sim.chunk import Chunk, ChunkRecord
+from starserve.sim.chunk import Chunk
 from starserve.sim.latency import LatencyModel
 from starserve.sim.request import DecodeInterval, RequestStatus, SimRequest
 
@@ -44,11 +44,15 @@ class DecodeInstance:
     clock_s: float = 0.0  # the instance is between iterations at this time (or idle)
     chunk: Chunk | None = None
     version: int = 0  # bumps whenever the chunk in flight is cut short
-    chunk_log: list[ChunkRecord] = field(default_factory=list)
+    chunk_log: list[Chunk] = field(default_factory=list)  # every chunk started, in order
     counters: DecodeCounters = field(default_factory=DecodeCounters)
     _finish_heap: list[tuple[int, int, int, SimRequest]] = field(default_factory=list)
     _heap_seq: int = 0
     _fixed_cache: dict[int, float] = field(default_factory=dict)
+    _s_per_kv_token: float = field(init=False)  # the latency model's g, read once
+
+    def __post_init__(self) -> None:
+        self._s_per_kv_token = self.latency.decode_s_per_kv_token
 
     # ---- KV accounting (query/commit pairs) -------------------------------------------
     @property
@@ -188,12 +192,14 @@ class DecodeInstance:
                 transfers.append(request)
         return transfers
 
-    def preempt_until_fits(self) -> None:
+    def preempt_until_fits(self) -> int:
         """vLLM's recompute preemption: drop the newest sequence's KV until one more
-        iteration fits."""
-        if self.running and self._steps_until_full() < 1:
-            self.counters.num_kv_exhaustion_events += 1
-        while len(self.running) > 1 and self._steps_until_full() < 1:
+        iteration fits. Returns the iterations that fit (>= 1) once it does."""
+        steps_until_full = self._steps_until_full()
+        if steps_until_full >= 1:
+            return steps_until_full
+        self.counters.num_kv_exhaustion_events += 1
+        while len(self.running) > 1 and steps_until_full < 1:
             victim = next(reversed(self.running.values()))
             self.leave(victim)
             victim.status = RequestStatus.DECODE_WAITING
@@ -202,35 +208,30 @@ class DecodeInstance:
             victim.num_preemptions += 1
             self.counters.num_preemptions += 1
             self.waiting.appendleft(victim)
-        if self.running and self._steps_until_full() < 1:
+            steps_until_full = self._steps_until_full()
+        if steps_until_full < 1:
             raise RuntimeError(f"instance {self.instance_id}: one sequence exceeds the KV capacity")
+        return steps_until_full
 
     def start_chunk(self) -> float | None:
         """Run the batch until its next change; the chunk's end time (None when idle)."""
         if not self.running:
             return None
-        self.preempt_until_fits()
+        steps_until_full = self.preempt_until_fits()
         batch = len(self.running)
-        steps = min(self._next_finish_in(), self._steps_until_full())
-        g = self.latency.decode_s_per_kv_token
+        steps = min(self._next_finish_in(), steps_until_full)
+        g = self._s_per_kv_token
+        # positional: first_step, start_time_s, fixed_s, kv_first_s, kv_growth_s, num_steps
         chunk = Chunk(
-            first_step=self.steps_done,
-            start_time_s=self.clock_s,
-            fixed_s=self._fixed_s(batch),
-            kv_first_s=g * self.num_kv_tokens,
-            kv_growth_s=g * batch,
-            num_steps=steps,
+            self.steps_done,
+            self.clock_s,
+            self._fixed_s(batch),
+            g * self.num_kv_tokens,
+            g * batch,
+            steps,
         )
         self.chunk = chunk
-        self.chunk_log.append(
-            ChunkRecord(
-                chunk.first_step,
-                chunk.start_time_s,
-                chunk.fixed_s,
-                chunk.kv_first_s,
-                chunk.kv_growth_s,
-            )
-        )
+        self.chunk_log.append(chunk)  # chunks never change once started
         return chunk.end_time_s(steps)
 
     def steps_done_at(self, now_s: float) -> int:
@@ -241,7 +242,11 @@ class DecodeInstance:
         return chunk.first_step + chunk.steps_done_by(now_s)
 
     def num_used_blocks_at(self, now_s: float) -> int:
-        grown = (self.steps_done_at(now_s) - self.steps_done) * len(self.running)
+        return self.num_used_blocks_after(self.steps_done_at(now_s))
+
+    def num_used_blocks_after(self, steps_done: int) -> int:
+        """Used blocks once `steps_done` steps (of the chunk in flight) have completed."""
+        grown = (steps_done - self.steps_done) * len(self.running)
         tokens = self.num_kv_tokens + grown
         return -(-tokens // self.block_size) + len(self.running) + self.num_reserved_blocks
 

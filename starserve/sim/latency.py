@@ -18,7 +18,7 @@ from __future__ import annotations
 import bisect
 import functools
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
@@ -165,6 +165,8 @@ class ProfiledLatencyModel:
     all_reduce_ms: PiecewiseLinear | None
     kv_bytes_per_token: int
     overhead_s: float = ITERATION_OVERHEAD_S
+    # `_tokens_s` by token count: a pure function the simulator asks for over and over
+    _tokens_s_memo: dict[int, float] = field(default_factory=dict, repr=False, compare=False)
 
     @staticmethod
     def build(model_name: str, gpu_name: str, tensor_parallel: int = 1) -> ProfiledLatencyModel:
@@ -182,6 +184,12 @@ class ProfiledLatencyModel:
 
     def _tokens_s(self, num_tokens: int) -> float:
         """Everything proportional to a forward pass over `num_tokens` but attention."""
+        seconds = self._tokens_s_memo.get(num_tokens)
+        if seconds is None:
+            seconds = self._tokens_s_memo[num_tokens] = self._compute_tokens_s(num_tokens)
+        return seconds
+
+    def _compute_tokens_s(self, num_tokens: int) -> float:
         ms = self.model.num_layers * self.layer_ms(num_tokens) + self.emb_ms(num_tokens)
         if self.all_reduce_ms is not None:
             message_bytes = num_tokens * self.model.hidden_size * 2
@@ -202,13 +210,14 @@ class ProfiledLatencyModel:
         return per_gpu_bytes / (self.gpu.hbm_bandwidth_bytes_per_s * ATTENTION_BANDWIDTH_EFFICIENCY)
 
     def prefill_s(self, chunks: Sequence[tuple[int, int]]) -> float:
-        num_tokens = sum(new for new, _ in chunks)
+        heads_dim = self.model.num_heads * self.model.head_dim / self.tensor_parallel
+        num_tokens = 0
+        attention_flops = 0.0
+        for new, cached in chunks:  # one pass: the simulator calls this per prefill iteration
+            num_tokens += new
+            attention_flops += 4.0 * heads_dim * new * (cached + new / 2.0)
         if num_tokens == 0:
             return 0.0
-        heads_dim = self.model.num_heads * self.model.head_dim / self.tensor_parallel
-        attention_flops = sum(
-            4.0 * heads_dim * new * (cached + new / 2.0) for new, cached in chunks
-        )
         attention_s = (
             self.model.num_layers
             * attention_flops

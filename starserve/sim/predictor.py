@@ -29,7 +29,8 @@ class LogRatioSampler(Protocol):
         ...
 
     def bucket(self, progress: float) -> int:
-        """Requests keep their r while this stays the same."""
+        """Requests keep their r while this stays the same; never decreases as progress
+        grows (the simulator relies on it to skip re-checking within a bucket)."""
         ...
 
 

@@ -6,50 +6,57 @@ time is recovered from the chunk log of the instance that ran it (chunk.py's for
 
 from __future__ import annotations
 
-import bisect
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
 from starserve.metrics import RequestRecord
-from starserve.sim.chunk import ChunkRecord
+from starserve.sim.chunk import Chunk
 from starserve.sim.cluster import ClusterSim
 
 
-def _step_times(log: Sequence[ChunkRecord], starts: list[int], first: int, last: int) -> np.ndarray:
-    """End times of steps first..last (inclusive) of one instance."""
-    out = []
-    step = first
-    while step <= last:
-        c = bisect.bisect_right(starts, step - 1) - 1  # the chunk whose range holds `step`
-        chunk = log[c]
-        end = last if c + 1 == len(log) else min(last, log[c + 1].first_step)
-        i = np.arange(step - chunk.first_step, end - chunk.first_step + 1, dtype=np.float64)
-        out.append(
-            chunk.start_time_s
-            + i * (chunk.fixed_s + chunk.kv_first_s)
-            + chunk.kv_growth_s * i * (i - 1) / 2.0
+@dataclass(frozen=True, slots=True)
+class ChunkTable:
+    """One instance's chunk log as arrays (one entry per chunk, in log order)."""
+
+    first_steps: np.ndarray  # int64
+    start_times_s: np.ndarray
+    per_step_s: np.ndarray  # fixed_s + kv_first_s
+    kv_growth_s: np.ndarray
+
+    @staticmethod
+    def of(log: Sequence[Chunk]) -> ChunkTable:
+        count = len(log)
+        return ChunkTable(
+            np.fromiter((c.first_step for c in log), np.int64, count=count),
+            np.fromiter((c.start_time_s for c in log), np.float64, count=count),
+            np.fromiter((c.fixed_s + c.kv_first_s for c in log), np.float64, count=count),
+            np.fromiter((c.kv_growth_s for c in log), np.float64, count=count),
         )
-        step = end + 1
-    return np.concatenate(out) if out else np.empty(0)
+
+    def step_end_times_s(self, first: int, last: int) -> np.ndarray:
+        """End times of steps first..last (inclusive): each step by the formula of the chunk
+        whose range holds it (the last chunk that began before it), element by element."""
+        steps = np.arange(first, last + 1)
+        chunk = np.searchsorted(self.first_steps, steps - 1, side="right") - 1
+        i = (steps - self.first_steps[chunk]).astype(np.float64)
+        growth = self.kv_growth_s[chunk]
+        return self.start_times_s[chunk] + i * self.per_step_s[chunk] + growth * i * (i - 1) / 2.0
 
 
 def request_records(sim: ClusterSim) -> list[RequestRecord]:
     """One record per request, in request order."""
-    starts_cache: dict[int, list[int]] = {}
+    tables: dict[int, ChunkTable] = {}
     records = []
     for request in sim.requests:
         parts = [np.array([request.first_token_time_s])]
         for interval in request.intervals:
-            instance = sim.decode[interval.instance_id]
-            starts = starts_cache.get(interval.instance_id)
-            if starts is None:
-                starts = starts_cache[interval.instance_id] = [
-                    c.first_step for c in instance.chunk_log
-                ]
-            parts.append(
-                _step_times(instance.chunk_log, starts, interval.first_step, interval.last_step)
-            )
+            table = tables.get(interval.instance_id)
+            if table is None:
+                log = sim.decode[interval.instance_id].chunk_log
+                table = tables[interval.instance_id] = ChunkTable.of(log)
+            parts.append(table.step_end_times_s(interval.first_step, interval.last_step))
         times = np.concatenate(parts)
         records.append(
             RequestRecord(

@@ -55,6 +55,8 @@ class SimRequest:
     log_ratio: float = 0.0
     ratio_factor: float = 1.0  # exp(log_ratio)
     ratio_bucket: int = -1
+    ratio_from_generated: int = 0  # generated counts [from, until) known to stay in the bucket
+    ratio_until_generated: int = 0
     num_preemptions: int = 0
     num_migrations: int = 0
     migrating: bool = False

@@ -26,19 +26,43 @@ class SimPredictor:
     rng: np.random.Generator
 
     def remaining(self, request: SimRequest, num_generated: int) -> float | None:
-        true_remaining = request.num_output_tokens - num_generated
-        if self.kind == "none":
+        kind = self.kind
+        if kind == "none":
             return None
-        if self.kind == "oracle":
+        true_remaining = request.num_output_tokens - num_generated
+        if kind == "oracle":
             return float(true_remaining)
-        progress = num_generated / max(1, request.num_output_tokens)
-        bucket = self.sampler.bucket(progress)
+        if not request.ratio_from_generated <= num_generated < request.ratio_until_generated:
+            self._observe(request, num_generated)
+        # predicted_from_log_ratio with exp(r) cached on the request (max(0.0, .) spelled out)
+        predicted = (true_remaining + 1.0) * request.ratio_factor - 1.0
+        return predicted if predicted > 0.0 else 0.0
+
+    def _observe(self, request: SimRequest, num_generated: int) -> None:
+        """Draw a new log ratio if the request's progress bucket changed, and note the
+        generated counts over which the bucket stays (polls inside them skip this)."""
+        num_output = max(1, request.num_output_tokens)
+        bucket = self.sampler.bucket(num_generated / num_output)
         if bucket != request.ratio_bucket:
-            request.log_ratio = self.sampler.sample(progress, self.rng)
+            request.log_ratio = self.sampler.sample(num_generated / num_output, self.rng)
             request.ratio_factor = math.exp(request.log_ratio)
             request.ratio_bucket = bucket
-        # predicted_from_log_ratio with exp(r) cached on the request
-        return max(0.0, (true_remaining + 1.0) * request.ratio_factor - 1.0)
+        request.ratio_from_generated = num_generated
+        request.ratio_until_generated = self._bucket_end(num_generated, num_output, bucket)
+
+    def _bucket_end(self, num_generated: int, num_output: int, bucket: int) -> int:
+        """The fewest generated tokens past `num_generated` (up to `num_output + 1`) whose
+        progress falls in another bucket; buckets never decrease as progress grows."""
+        if self.sampler.bucket(num_output / num_output) == bucket:
+            return num_output + 1
+        same, other = num_generated, num_output  # bucket(same) == bucket != bucket(other)
+        while other - same > 1:
+            middle = (same + other) // 2
+            if self.sampler.bucket(middle / num_output) == bucket:
+                same = middle
+            else:
+                other = middle
+        return other
 
     def new_request(self, request: SimRequest) -> NewRequest:
         """What dispatch sees of a request whose prefill produced its first token."""
@@ -54,30 +78,32 @@ def snapshot(
     instance: DecodeInstance, now_s: float, predictor: SimPredictor, is_migrating: bool
 ) -> InstanceSnapshot:
     steps = instance.steps_done_at(now_s)
+    remaining = predictor.remaining
     loads = []
     if not is_migrating:  # policies skip migrating instances; save building their requests
         for request in instance.running.values():
-            generated = request.generated_at(steps)
+            generated = request.generated_at_join + (steps - request.join_step)  # generated_at
             loads.append(
                 RequestLoad(
                     request.request_id,
                     request.num_prompt_tokens + generated,
                     generated,
-                    predictor.remaining(request, generated),
+                    remaining(request, generated),
                 )
             )
     incoming = []
     for group in (instance.waiting, instance.transferring.values()):
         for request in group:
+            generated = request.num_generated
             incoming.append(
                 RequestLoad(
-                    request_id=request.request_id,
-                    num_context_tokens=request.num_prompt_tokens + request.num_generated,
-                    num_generated_tokens=request.num_generated,
-                    predicted_remaining_tokens=predictor.remaining(request, request.num_generated),
+                    request.request_id,
+                    request.num_prompt_tokens + generated,
+                    generated,
+                    remaining(request, generated),
                 )
             )
-    free = instance.num_total_blocks - instance.num_used_blocks_at(now_s)
+    free = instance.num_total_blocks - instance.num_used_blocks_after(steps)
     waiting_blocks = instance.waiting_blocks() if instance.waiting else 0
     return InstanceSnapshot(
         instance_id=instance.instance_id,

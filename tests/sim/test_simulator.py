@@ -109,3 +109,26 @@ def test_policy_ordering_on_a_skewed_workload(make_scenario, make_requests) -> N
     }
     assert attainment["oracle"] >= attainment["star"] >= attainment["round_robin"]
     assert attainment["star"] > attainment["round_robin"] + 0.02, attainment
+
+
+def test_the_cycle_collector_is_back_on_after_a_run_even_a_failed_one(
+    make_scenario, make_requests
+) -> None:
+    import gc
+
+    scenario = make_scenario(40_000)
+    requests = make_requests(20, 10.0)
+    sim = build_cluster(
+        scenario.cluster, get_policy("round_robin"), requests, make_sampler(scenario.predictor)
+    )
+    paused: list[bool] = []
+
+    def fail(s: ClusterSim) -> None:
+        paused.append(not gc.isenabled())
+        raise KeyError("listener failed")
+
+    sim.on_event = fail
+    assert gc.isenabled()
+    with pytest.raises(KeyError):
+        sim.run()
+    assert paused == [True] and gc.isenabled()
