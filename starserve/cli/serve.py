@@ -49,6 +49,13 @@ def command(
     max_num_requests: int = typer.Option(
         256, "--max-num-requests", help="Admission limit: requests in flight beyond it get 429."
     ),
+    dtype: str = typer.Option(
+        "bfloat16",
+        "--dtype",
+        help="Engine dtype of every instance: bfloat16 (fast path: AMX matrix units and native "
+        "kernels; what the shipped predictor was trained on) or float32 (bit-exact with "
+        "transformers).",
+    ),
     kv_blocks: int | None = typer.Option(
         None,
         "--kv-blocks",
@@ -87,6 +94,7 @@ def command(
             "num_decode": decode,
             "policy": policy,
             "model": str(model) if model else None,
+            "dtype": dtype,
             "predictor": str(predictor) if predictor else None,
             "use_predictor": not no_predictor,
             "poll_interval_ms": poll_interval_ms,

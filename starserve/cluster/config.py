@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field
 
@@ -14,6 +14,9 @@ class ClusterConfig(Settings):
     num_decode: int = Field(2, ge=1, description="decode instances (Ray actors)")
     policy: str = Field("star", description="dispatch + rebalancing policy (starserve.policy)")
     model: str | None = Field(None, description="GGUF file or HF folder; None = bundled SmolLM2")
+    dtype: Literal["float32", "bfloat16"] = Field(
+        "bfloat16", description="weights, activations and KV of every instance"
+    )
     predictor: str | None = Field(None, description="predictor folder; None = the shipped one")
     use_predictor: bool = Field(True, description="False: no predictions (current load only)")
     poll_interval_ms: float = Field(50.0, gt=0, description="controller polling period")
@@ -26,7 +29,7 @@ class ClusterConfig(Settings):
     max_concurrent_migrations: int = Field(1, ge=1, description="migrations in flight at once")
 
     def engine_overrides(self) -> dict[str, Any]:
-        overrides = dict(self.engine)
+        overrides = {"dtype": self.dtype, **self.engine}
         if self.model is not None:
             overrides["model"] = self.model
         return overrides

@@ -63,7 +63,7 @@ class MigrationEndpoint:
         self.predictions.forget(request_id)
 
     def _is_running(self, request_id: str) -> bool:
-        return any(rid == request_id for rid, _, _ in self.engine.stats().requests)
+        return any(row[0] == request_id for row in self.engine.stats().requests)
 
     # --- destination side -----------------------------------------------------
     def set_fault(self, call: str | None) -> None:

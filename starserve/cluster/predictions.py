@@ -39,12 +39,16 @@ class PredictionTable:
         for out, value in zip(tapped, remaining.tolist(), strict=True):
             self._table[out.request_id] = _Prediction(float(value), out.num_generated_tokens)
 
-    def remaining(self, request_id: str, num_generated_tokens: int) -> float | None:
+    def remaining(
+        self, request_id: str, num_generated_tokens: int, budget: int | None = None
+    ) -> float | None:
+        """The aged prediction, never above `budget` (what max_tokens and the context still
+        allow the request to generate: a known bound no prediction should exceed)."""
         pred = self._table.get(request_id)
         if pred is None:
             return None
-        aged = pred.remaining_tokens - (num_generated_tokens - pred.at_generated_tokens)
-        return max(0.0, aged)
+        aged = max(0.0, pred.remaining_tokens - (num_generated_tokens - pred.at_generated_tokens))
+        return aged if budget is None else min(aged, float(budget))
 
     def forget(self, request_id: str) -> None:
         self._table.pop(request_id, None)

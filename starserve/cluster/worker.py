@@ -111,7 +111,7 @@ class InstanceWorker(MigrationEndpoint):
                 self._out_cond.notify_all()
 
     def _fail_all_locked(self, message: str) -> None:
-        request_ids = {rid for rid, _, _ in self.engine.stats().requests} | set(self._pending)
+        request_ids = {row[0] for row in self.engine.stats().requests} | set(self._pending)
         chunks = []
         for request_id in request_ids:
             with contextlib.suppress(Exception):
@@ -175,6 +175,7 @@ class InstanceWorker(MigrationEndpoint):
 
     def _hand_off(self, out: Any) -> None:
         pending = self._pending.pop(out.request_id)
+        budget = self._token_budget(out.request_id)
         if not out.finished:
             pending.snapshot = self.engine.export_request(out.request_id)
             self.engine.release_request(out.request_id)
@@ -182,10 +183,15 @@ class InstanceWorker(MigrationEndpoint):
             request_id=out.request_id,
             num_prompt_tokens=out.num_prompt_tokens,
             finished=out.finished,
-            predicted_output_tokens=self.predictions.remaining(out.request_id, 1),
+            predicted_output_tokens=self.predictions.remaining(
+                out.request_id, 1, None if budget is None else budget + 1
+            ),
         )
         self.predictions.forget(out.request_id)
         pending.event.set()
+
+    def _token_budget(self, request_id: str) -> int | None:
+        return next((row[3] for row in self.engine.stats().requests if row[0] == request_id), None)
 
     def import_request(self, snapshot: Any) -> None:
         """Continue a prefilled request here (EngineFullError when there is no room)."""
@@ -223,9 +229,9 @@ class InstanceWorker(MigrationEndpoint):
                     request_id=rid,
                     num_context_tokens=ctx,
                     num_generated_tokens=gen,
-                    predicted_remaining_tokens=self.predictions.remaining(rid, gen),
+                    predicted_remaining_tokens=self.predictions.remaining(rid, gen, budget),
                 )
-                for rid, ctx, gen in stats.requests
+                for rid, ctx, gen, budget in stats.requests
             )
         return InstanceSnapshot(
             instance_id=self.instance_id,

@@ -243,6 +243,11 @@ class Engine(MigrationMixin):
                     total.hidden_last, total.hidden_middle = out.hidden_last, out.hidden_middle
         return [results[rid] for rid in ids]
 
+    def token_budget(self, seq: Sequence) -> int:
+        """Tokens `seq` may still generate: its max_tokens, or the context length, ends it."""
+        by_max_tokens = seq.params.max_tokens - seq.num_generated_tokens
+        return max(0, min(by_max_tokens, self.max_model_len - seq.num_tokens))
+
     def stats(self) -> EngineStats:
         waiting = self.scheduler.waiting
         return EngineStats(
@@ -254,7 +259,8 @@ class Engine(MigrationMixin):
             num_preempted=sum(1 for seq in waiting if seq.was_preempted),
             num_preemptions_total=self.scheduler.num_preemptions_total,
             requests=tuple(
-                (rid, seq.num_tokens, seq.num_generated_tokens) for rid, seq in self.seqs.items()
+                (rid, seq.num_tokens, seq.num_generated_tokens, self.token_budget(seq))
+                for rid, seq in self.seqs.items()
             ),
             last_step_time_s=self.last_step_time_s,
         )

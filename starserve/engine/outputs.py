@@ -74,5 +74,6 @@ class EngineStats:
     num_waiting: int
     num_preempted: int  # waiting requests that were preempted and will be recomputed
     num_preemptions_total: int
-    requests: tuple[tuple[str, int, int], ...]  # (request_id, context tokens, generated tokens)
+    # (request_id, context tokens, generated tokens, tokens it may still generate at most)
+    requests: tuple[tuple[str, int, int, int], ...]
     last_step_time_s: float

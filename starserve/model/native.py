@@ -28,6 +28,7 @@ import shutil
 import subprocess
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -45,12 +46,23 @@ FLAGS = ("-O3", "-march=native", "-fopenmp", "-ffp-contract=off", "-shared", "-f
 DTYPE_CODES = {torch.float32: 0, torch.bfloat16: 1}
 
 _i64, _ptr = ctypes.c_int64, ctypes.c_void_p
-_ATTENTION_SIGNATURE = (
+_ATTENTION_SIGNATURE: list[Any] = (
     [_ptr, _i64, _ptr, _ptr, _ptr, _ptr, _ptr, _i64, _ptr, _i64, _i64, _ptr]
     + [_i64] * 4
     + [ctypes.c_float, ctypes.c_int, ctypes.c_int]
 )
-_LINEAR_SIGNATURE = [_ptr, _i64, _ptr, _ptr, _ptr, _i64, _i64, _i64, ctypes.c_int, ctypes.c_int]
+_LINEAR_SIGNATURE: list[Any] = [
+    _ptr,
+    _i64,
+    _ptr,
+    _ptr,
+    _ptr,
+    _i64,
+    _i64,
+    _i64,
+    ctypes.c_int,
+    ctypes.c_int,
+]
 
 
 def _cpu_fingerprint() -> str:

@@ -61,7 +61,7 @@ class FakeStats:
     num_waiting: int
     num_preempted: int
     num_preemptions_total: int
-    requests: tuple[tuple[str, int, int], ...]
+    requests: tuple[tuple[str, int, int, int], ...]
     last_step_time_s: float = 0.0
 
 
@@ -145,7 +145,15 @@ class FakeEngine:
             num_waiting=0,
             num_preempted=0,
             num_preemptions_total=0,
-            requests=tuple((r.request_id, len(r.token_ids), r.num_generated) for r in running),
+            requests=tuple(
+                (
+                    r.request_id,
+                    len(r.token_ids),
+                    r.num_generated,
+                    r.params.max_tokens - r.num_generated,
+                )
+                for r in running
+            ),
         )
 
     # --- migration ---
