@@ -7,7 +7,9 @@ counters (preemptions, migrations, migration pauses) are read from /v1/cluster/s
 
 The workload is built from real prompts: short-answer chat instructions (AlpacaEval) mixed
 with competition math problems (MATH-500) that push the model to long answers; each request's
-output cap follows its kind, so short and long answers mix.
+output cap follows its kind, so short and long answers mix. Requests go to
+/v1/chat/completions (`starserve bench --endpoint`): SmolLM2 is an instruct model, and on raw
+completions it ends most answers at once with EOS, which leaves no length skew at all.
 
 Run from the project root:  python bench/cluster_skew.py [--quick]
 Last line: RESULT {json} with `p99_tpot_ratio_star_vs_round_robin`, per-policy numbers and
@@ -84,7 +86,8 @@ def run_bench(
     command = [
         sys.executable, "-m", "starserve", "bench", "--base-url", base_url,
         "--dataset", str(workload), "--num-prompts", str(num), "--request-rate", str(rate),
-        "--seed", str(seed), "--save-result", str(out), *extra,
+        "--seed", str(seed), "--save-result", str(out), "--endpoint", "/v1/chat/completions",
+        *extra,
     ]  # fmt: skip
     print(f"$ starserve {' '.join(command[3:])}", flush=True)
     env = {
@@ -162,15 +165,15 @@ def main() -> None:
     parser.add_argument("--policies", default="round_robin,star", help="comma-separated policies")
     parser.add_argument("--num-prompts", type=int, default=40, help="requests per policy")
     parser.add_argument(
-        "--request-rate", type=float, default=0.5, help="open-loop arrivals per second"
+        "--request-rate", type=float, default=0.7, help="open-loop arrivals per second"
     )
     parser.add_argument(
         "--long-fraction", type=float, default=0.25, help="share of long-answer prompts"
     )
     parser.add_argument("--short-cap", type=int, default=32, help="output cap of short requests")
-    parser.add_argument("--long-cap", type=int, default=192, help="output cap of long requests")
+    parser.add_argument("--long-cap", type=int, default=256, help="output cap of long requests")
     parser.add_argument(
-        "--kv-blocks", type=int, default=64, help="KV blocks per instance (16 tokens each)"
+        "--kv-blocks", type=int, default=56, help="KV blocks per instance (16 tokens each)"
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
