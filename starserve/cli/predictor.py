@@ -101,6 +101,42 @@ def collect(
 
 
 @app.command()
+def trim(
+    prompts: list[Path] = typer.Option(
+        ...,
+        "--prompts",
+        help="The prompt files of the collection, in the order `collect` was given them.",
+    ),
+    data: Path = typer.Option(
+        None, "--data", help="Collection directory (default: <cache>/predictor/collection)."
+    ),
+    out: Path = typer.Option(..., "--out", help="Where to write the trimmed collection."),
+) -> None:
+    """Keep the unbiased part of a collection stopped early: the longest prefix of its
+    (seeded, length-independent) plan whose answers all finished. Short answers finish first,
+    so all finished answers of a stopped run are biased short."""
+    from transformers import AutoTokenizer
+
+    from starserve.model.loader import resolve_hf_dir
+    from starserve.predictor.collect import CollectSettings, trim_to_complete_prefix
+    from starserve.predictor.data import read_manifest
+
+    data_dir = data or _default_collection()
+    settings = CollectSettings(**read_manifest(data_dir)["settings"])
+    tokenizer = AutoTokenizer.from_pretrained(str(resolve_hf_dir(None)[1]))
+
+    def is_too_long(text: str) -> bool:
+        ids = tokenizer.apply_chat_template(
+            [{"role": "user", "content": text}], add_generation_prompt=True, tokenize=True
+        )
+        ids = ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "input_ids") else ids
+        return len(ids) > settings.max_prompt_tokens
+
+    manifest = trim_to_complete_prefix(data_dir, prompts, out, is_too_long)
+    _say(f"kept {manifest['num_requests']} answers (an unbiased prefix of the plan) in {out}")
+
+
+@app.command()
 def train(
     data: Path = typer.Option(
         None,

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -178,3 +179,36 @@ def complete_prefix_mask(request_ids: list[str], jobs: list[Job]) -> np.ndarray:
             break
         prefix.add(job.request_id)
     return np.array([rid in prefix for rid in request_ids], dtype=bool)
+
+
+def trim_to_complete_prefix(
+    data_dir: Path,
+    prompt_files: list[Path],
+    out_dir: Path,
+    is_too_long: Callable[[str], bool],
+) -> dict:
+    """Write the unbiased part of a stopped collection to `out_dir` (one shard + manifest).
+
+    The plan is re-created from the same prompt files (same order) and the manifest's settings;
+    prompts the collection skipped for length (`is_too_long(text)`) are passed over as it did.
+    Returns the new manifest.
+    """
+    from starserve.predictor.data import load_dataset
+
+    dataset = load_dataset(data_dir)
+    settings = CollectSettings(**dataset.meta["settings"])
+    jobs = [job for job in plan_jobs(prompt_files, settings) if not is_too_long(job.row.text)]
+    request_ids = [f"{r.prompt_id}#{r.sample_index}" for r in dataset.requests]
+    kept = dataset.subset(complete_prefix_mask(request_ids, jobs))
+    if not kept.requests:
+        raise StarserveError(
+            f"{data_dir}: the first planned answer never finished; nothing to keep"
+        )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    shard = Shard(kept.requests, kept.point_request, kept.point_generated, kept.hidden_last,
+                  kept.hidden_middle)  # fmt: skip
+    _write_shard(out_dir / "shard-00000.safetensors", shard)
+    manifest = dict(dataset.meta, num_requests=len(kept.requests), trimmed_from=str(data_dir))
+    manifest["num_planned_answers"] = len(jobs)
+    (out_dir / MANIFEST_NAME).write_text(json.dumps(manifest) + "\n")
+    return manifest

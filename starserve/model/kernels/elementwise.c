@@ -34,6 +34,22 @@ static inline float bf16_rounded(float f) { /* f rounded to the nearest bfloat16
     return r;
 }
 
+#if defined(__AVX512F__) && defined(__AVX512BF16__)
+#include <immintrin.h>
+#define VECTOR_BF16 1
+static inline __m512 load_bf16x16(const uint16_t *p) {
+    __m256i half = _mm256_loadu_si256((const __m256i *)p);
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(half), 16));
+}
+static inline void store_bf16x16(uint16_t *p, __m512 v) { /* round to nearest even */
+    _mm256_storeu_si256((__m256i *)p, (__m256i)_mm512_cvtneps_pbh(v));
+}
+static inline __m512 round_bf16x16(__m512 v) {
+    __m256i half = (__m256i)_mm512_cvtneps_pbh(v);
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(half), 16));
+}
+#endif
+
 /* h [M, K] (bfloat16, updated in place when delta is given), delta [M, K] or NULL,
  * weight [K], out [M, K]. */
 void add_rms_norm(uint16_t *h, const uint16_t *delta, const uint16_t *weight, uint16_t *out,
@@ -42,7 +58,20 @@ void add_rms_norm(uint16_t *h, const uint16_t *delta, const uint16_t *weight, ui
     for (int64_t m = 0; m < M; m++) {
         uint16_t *row = h + m * K;
         float squares = 0.0f;
-        for (int64_t k = 0; k < K; k++) {
+        int64_t k0 = 0;
+#ifdef VECTOR_BF16
+        __m512 sum = _mm512_setzero_ps();
+        for (; k0 + 16 <= K; k0 += 16) {
+            __m512 value = load_bf16x16(row + k0);
+            if (delta) {
+                value = round_bf16x16(_mm512_add_ps(value, load_bf16x16(delta + m * K + k0)));
+                store_bf16x16(row + k0, value);
+            }
+            sum = _mm512_fmadd_ps(value, value, sum);
+        }
+        squares = _mm512_reduce_add_ps(sum);
+#endif
+        for (int64_t k = k0; k < K; k++) {
             float value = bf16_get(row, k);
             if (delta) {
                 value = bf16_rounded(value + bf16_get(delta, m * K + k));
@@ -51,7 +80,14 @@ void add_rms_norm(uint16_t *h, const uint16_t *delta, const uint16_t *weight, ui
             squares += value * value;
         }
         float scale = 1.0f / sqrtf(squares / (float)K + eps);
-        for (int64_t k = 0; k < K; k++) {
+        k0 = 0;
+#ifdef VECTOR_BF16
+        for (; k0 + 16 <= K; k0 += 16) {
+            __m512 normed = round_bf16x16(_mm512_mul_ps(load_bf16x16(row + k0), _mm512_set1_ps(scale)));
+            store_bf16x16(out + m * K + k0, _mm512_mul_ps(load_bf16x16(weight + k0), normed));
+        }
+#endif
+        for (int64_t k = k0; k < K; k++) {
             float normed = bf16_rounded(bf16_get(row, k) * scale);
             out[m * K + k] = bf16_from(bf16_get(weight, k) * normed);
         }
@@ -93,11 +129,15 @@ void silu_mul(const uint16_t *gate_up, uint16_t *out, int64_t M, int64_t I, int 
             __m512 g = bf16x16_load(gate + i);
             __m512 silu = _mm512_div_ps(
                 g, _mm512_add_ps(_mm512_set1_ps(1.0f), exp16_any(_mm512_sub_ps(_mm512_setzero_ps(), g))));
+#ifdef VECTOR_BF16
+            store_bf16x16(out + m * I + i, _mm512_mul_ps(round_bf16x16(silu), load_bf16x16(up + i)));
+#else
             float lanes[16], ups[16];
             _mm512_storeu_ps(lanes, silu);
             _mm512_storeu_ps(ups, bf16x16_load(up + i));
             for (int lane = 0; lane < 16; lane++)
                 out[m * I + i + lane] = bf16_from(bf16_rounded(lanes[lane]) * ups[lane]);
+#endif
         }
 #endif
         for (; i < I; i++) {

@@ -1,8 +1,9 @@
 /* y = x W^T (+ bias) for a few rows of x: the decode-time matrix-vector products of a small batch.
  *
- * At batch 1-4 a linear layer is bound by reading W once from memory; the library GEMM paths spend
- * more on their own set-up and (for bfloat16) unpack W slowly. This kernel streams W once, four
- * output features at a time, each of them dotted with every row of x.
+ * At batch 1-2 a linear layer is bound by reading W once from memory; the library GEMM paths spend
+ * more on their own set-up there. This kernel streams W once, four output features at a time,
+ * each dotted with every row of x (rows in tiles of four; from 3 rows on oneDNN's AMX path is
+ * as fast, so the model calls this for 1-2 rows only).
  *
  *   x    [M, K]   (row stride x_stride)
  *   W    [N, K]   row-major, contiguous
@@ -98,25 +99,31 @@ static void dot_block(const void *x, int64_t x_stride, const void *W, int64_t n0
         }
 }
 
-/* Returns 0 on success, -1 when M exceeds MAX_ROWS. */
+/* Any M >= 1: rows go in tiles of MAX_ROWS, each tile re-reading the block's 4 rows of W from
+ * L1, so W streams from memory once per call. Returns 0 on success, -1 for M < 1. */
 int small_linear(const void *x, int64_t x_stride, const void *W, const void *bias, void *out,
                  int64_t M, int64_t N, int64_t K, int dtype, int num_threads) {
-    if (M < 1 || M > MAX_ROWS) return -1;
-    const int64_t num_blocks = (N + OUT_BLOCK - 1) / OUT_BLOCK;
+    if (M < 1) return -1;
+    const int64_t num_blocks = (N + OUT_BLOCK - 1) / OUT_BLOCK, elem = dtype ? 2 : 4;
 #pragma omp parallel for schedule(static) num_threads(num_threads)
     for (int64_t block = 0; block < num_blocks; block++) {
         const int64_t n0 = block * OUT_BLOCK;
         const int64_t count = N - n0 < OUT_BLOCK ? N - n0 : OUT_BLOCK;
-        float dot[MAX_ROWS][OUT_BLOCK];
-        dot_block(x, x_stride, W, n0, count, M, K, dtype, dot);
-        for (int64_t m = 0; m < M; m++)
-            for (int64_t o = 0; o < count; o++) {
-                float value = dot[m][o] + (bias ? element(bias, n0 + o, dtype) : 0.0f);
-                if (dtype)
-                    ((uint16_t *)out)[m * N + n0 + o] = bf16_round(value);
-                else
-                    ((float *)out)[m * N + n0 + o] = value;
-            }
+        for (int64_t m0 = 0; m0 < M; m0 += MAX_ROWS) {
+            const int64_t rows = M - m0 < MAX_ROWS ? M - m0 : MAX_ROWS;
+            float dot[MAX_ROWS][OUT_BLOCK];
+            dot_block((const char *)x + m0 * x_stride * elem, x_stride, W, n0, count, rows, K,
+                      dtype, dot);
+            for (int64_t m = 0; m < rows; m++)
+                for (int64_t o = 0; o < count; o++) {
+                    float value = dot[m][o] + (bias ? element(bias, n0 + o, dtype) : 0.0f);
+                    int64_t index = (m0 + m) * N + n0 + o;
+                    if (dtype)
+                        ((uint16_t *)out)[index] = bf16_round(value);
+                    else
+                        ((float *)out)[index] = value;
+                }
+        }
     }
     return 0;
 }
