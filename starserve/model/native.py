@@ -41,6 +41,7 @@ KERNELS_DIR = Path(__file__).resolve().parent / "kernels"
 SOURCES = tuple(
     KERNELS_DIR / name for name in ("decode_attention.c", "small_linear.c", "elementwise.c")
 )
+HEADER = KERNELS_DIR / "numerics.h"  # bfloat16 conversions and exp shared by the sources
 SMALL_LINEAR_MAX_ROWS = 2  # beyond 2 rows oneDNN's bfloat16 GEMM is as fast (measured)
 FLAGS = ("-O3", "-march=native", "-fopenmp", "-ffp-contract=off", "-shared", "-fPIC")
 DTYPE_CODES = {torch.float32: 0, torch.bfloat16: 1}
@@ -96,7 +97,7 @@ def _library() -> ctypes.CDLL | None:
     if os.environ.get("STARSERVE_NATIVE", "1") == "0":
         return None
     key = hashlib.sha256()
-    for part in (*(p.read_bytes() for p in SOURCES), " ".join(FLAGS).encode()):
+    for part in (*(p.read_bytes() for p in (*SOURCES, HEADER)), " ".join(FLAGS).encode()):
         key.update(part)
     key.update(_cpu_fingerprint().encode())
     library_path = cache_dir() / "native" / f"starserve_kernels-{key.hexdigest()[:16]}.so"

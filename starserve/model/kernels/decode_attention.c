@@ -23,31 +23,11 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
-#ifdef __AVX512F__
-#include <immintrin.h>
-#endif
+
+#include "numerics.h"
 
 #define MAX_HEAD_DIM 256
 #define MAX_GROUP 64
-
-static inline float bf16_to_float(uint16_t h) {
-    uint32_t bits = (uint32_t)h << 16;
-    float f;
-    memcpy(&f, &bits, sizeof f);
-    return f;
-}
-
-static inline uint16_t float_to_bf16(float f) { /* round to nearest even, as torch does */
-    uint32_t bits;
-    memcpy(&bits, &f, sizeof bits);
-    if ((bits & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((bits >> 16) | 0x40); /* NaN */
-    bits += 0x7fffu + ((bits >> 16) & 1u);
-    return (uint16_t)(bits >> 16);
-}
-
-static inline float load_elem(const void *base, int64_t index, int dtype) {
-    return dtype ? bf16_to_float(((const uint16_t *)base)[index]) : ((const float *)base)[index];
-}
 
 static inline void store_elem(void *base, int64_t index, float value, int dtype) {
     if (dtype)
@@ -64,32 +44,6 @@ static inline void load_row(float *dst, const void *base, int64_t index, int64_t
     }
     for (int64_t d = 0; d < D; d++) dst[d] = bf16_to_float(((const uint16_t *)base)[index + d]);
 }
-
-#ifdef __AVX512F__
-static inline __m512 load16(const void *base, int64_t index, int dtype) {
-    if (!dtype) return _mm512_loadu_ps((const float *)base + index);
-    __m256i half = _mm256_loadu_si256((const __m256i *)((const uint16_t *)base + index));
-    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(half), 16));
-}
-
-/* exp(x) for x <= 0 (scores minus their maximum): 2^n * p(r), |r| <= ln2/2, degree-6 Taylor,
- * relative error below 2e-7. */
-static inline __m512 exp16(__m512 x) {
-    x = _mm512_max_ps(x, _mm512_set1_ps(-87.0f));
-    __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
-                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
-    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
-    __m512 p = _mm512_set1_ps(1.0f / 720.0f);
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120.0f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24.0f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6.0f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
-    return _mm512_scalef_ps(p, n);
-}
-#endif
 
 /* Step 1 and 2 for token b: rotated query into q_out (float32 [H*D]); rotated key and value
  * into the cache. */
@@ -116,7 +70,7 @@ static void rope_and_write(const void *qkv, const float *cos,
     for (int64_t head = 0; head < KV; head++)
         for (int64_t d = 0; d < D; d++)
             store_elem(v_cache, (head * num_slots + slot) * D + d,
-                       load_elem(qkv, (H + KV + head) * D + d, dtype), dtype);
+                       element(qkv, (H + KV + head) * D + d, dtype), dtype);
 }
 
 /* Step 3 for token b and one KV head: the G query heads of its group attend over `context`
@@ -145,7 +99,7 @@ static void attend_group(const float *q, const void *k_cache, const void *v_cach
         for (int64_t g = 0; g < G; g++) {
             float dot = 0.0f;
             for (int64_t d = 0; d < D; d++)
-                dot += q[g * D + d] * load_elem(k_cache, k_index + d, dtype);
+                dot += q[g * D + d] * element(k_cache, k_index + d, dtype);
             scores[g * context + j] = dot * scale;
         }
     }
@@ -188,7 +142,7 @@ static void attend_group(const float *q, const void *k_cache, const void *v_cach
         }
 #endif
         for (int64_t d = 0; d < D; d++) {
-            float v = load_elem(v_cache, v_index + d, dtype);
+            float v = element(v_cache, v_index + d, dtype);
             for (int64_t g = 0; g < G; g++) acc[g * D + d] += scores[g * context + j] * v;
         }
     }

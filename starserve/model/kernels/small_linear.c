@@ -12,32 +12,11 @@
  * dtype 0 = float32, 1 = bfloat16 (x, W, bias and out share it); accumulation in float32.
  */
 #include <stdint.h>
-#include <string.h>
-#ifdef __AVX512F__
-#include <immintrin.h>
-#endif
+
+#include "numerics.h"
 
 #define MAX_ROWS 4
 #define OUT_BLOCK 4
-
-static inline float bf16_value(uint16_t h) {
-    uint32_t bits = (uint32_t)h << 16;
-    float f;
-    memcpy(&f, &bits, sizeof f);
-    return f;
-}
-
-static inline uint16_t bf16_round(float f) { /* round to nearest even, as torch does */
-    uint32_t bits;
-    memcpy(&bits, &f, sizeof bits);
-    if ((bits & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((bits >> 16) | 0x40);
-    bits += 0x7fffu + ((bits >> 16) & 1u);
-    return (uint16_t)(bits >> 16);
-}
-
-static inline float element(const void *base, int64_t index, int dtype) {
-    return dtype ? bf16_value(((const uint16_t *)base)[index]) : ((const float *)base)[index];
-}
 
 /* dot[m][o] = x[m] . W[n0 + o] for o < count (<= OUT_BLOCK), over K. */
 static void dot_block(const void *x, int64_t x_stride, const void *W, int64_t n0, int64_t count,
@@ -65,11 +44,9 @@ static void dot_block(const void *x, int64_t x_stride, const void *W, int64_t n0
         for (; k0 + 16 <= K; k0 += 16) {
             __m512 w[OUT_BLOCK];
             for (int64_t o = 0; o < count; o++)
-                w[o] = _mm512_castsi512_ps(_mm512_slli_epi32(
-                    _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(ws + (n0 + o) * K + k0))), 16));
+                w[o] = load_bf16x16(ws + (n0 + o) * K + k0);
             for (int64_t m = 0; m < M; m++) {
-                __m512 xv = _mm512_castsi512_ps(_mm512_slli_epi32(
-                    _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(xs + m * x_stride + k0))), 16));
+                __m512 xv = load_bf16x16(xs + m * x_stride + k0);
                 for (int64_t o = 0; o < count; o++) acc[m][o] = _mm512_fmadd_ps(xv, w[o], acc[m][o]);
             }
         }
@@ -119,7 +96,7 @@ int small_linear(const void *x, int64_t x_stride, const void *W, const void *bia
                     float value = dot[m][o] + (bias ? element(bias, n0 + o, dtype) : 0.0f);
                     int64_t index = (m0 + m) * N + n0 + o;
                     if (dtype)
-                        ((uint16_t *)out)[index] = bf16_round(value);
+                        ((uint16_t *)out)[index] = float_to_bf16(value);
                     else
                         ((float *)out)[index] = value;
                 }
