@@ -160,7 +160,8 @@ def test_two_engines_share_a_model_and_stats(make_engine, chat_prompts):
     first.step()
     stats = first.stats()
     assert stats.num_running == 1 and stats.num_waiting == 0
-    assert stats.requests == (("x", len(chat_prompts[0]) + 1, 1),)
+    # (id, context, generated, token budget: max_tokens minus the one generated)
+    assert stats.requests == (("x", len(chat_prompts[0]) + 1, 1, GREEDY.max_tokens - 1),)
     assert stats.num_free_blocks < stats.num_total_blocks and stats.last_step_time_s > 0
     assert second.stats().num_running == 0 and second.stats().num_waiting == 1
 
