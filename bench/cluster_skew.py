@@ -165,7 +165,7 @@ def main() -> None:
     parser.add_argument("--policies", default="round_robin,star", help="comma-separated policies")
     parser.add_argument("--num-prompts", type=int, default=40, help="requests per policy")
     parser.add_argument(
-        "--request-rate", type=float, default=0.7, help="open-loop arrivals per second"
+        "--request-rate", type=float, default=0.5, help="open-loop arrivals per second"
     )
     parser.add_argument(
         "--long-fraction", type=float, default=0.25, help="share of long-answer prompts"
@@ -173,7 +173,7 @@ def main() -> None:
     parser.add_argument("--short-cap", type=int, default=32, help="output cap of short requests")
     parser.add_argument("--long-cap", type=int, default=256, help="output cap of long requests")
     parser.add_argument(
-        "--kv-blocks", type=int, default=56, help="KV blocks per instance (16 tokens each)"
+        "--kv-blocks", type=int, default=48, help="KV blocks per instance (16 tokens each)"
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
