@@ -163,7 +163,7 @@ def main() -> None:
         "--quick", action="store_true", help="a real but short run (< 1 min per policy)"
     )
     parser.add_argument("--policies", default="round_robin,star", help="comma-separated policies")
-    parser.add_argument("--num-prompts", type=int, default=40, help="requests per policy")
+    parser.add_argument("--num-prompts", type=int, default=80, help="requests per policy")
     parser.add_argument(
         "--request-rate", type=float, default=0.5, help="open-loop arrivals per second"
     )
