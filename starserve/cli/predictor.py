@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -126,10 +127,11 @@ def trim(
     tokenizer = AutoTokenizer.from_pretrained(str(resolve_hf_dir(None)[1]))
 
     def is_too_long(text: str) -> bool:
-        ids = tokenizer.apply_chat_template(
+        ids: Any = tokenizer.apply_chat_template(
             [{"role": "user", "content": text}], add_generation_prompt=True, tokenize=True
         )
-        ids = ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "input_ids") else ids
+        if isinstance(ids, dict) or hasattr(ids, "input_ids"):
+            ids = ids["input_ids"]
         return len(ids) > settings.max_prompt_tokens
 
     manifest = trim_to_complete_prefix(data_dir, prompts, out, is_too_long)
@@ -149,7 +151,7 @@ def train(
         help="Where to write the trained predictors (default: <cache>/predictor/models).",
     ),
     epochs: int = typer.Option(
-        60, min=1, help="Maximum training epochs (early stopping on validation loss)."
+        100, min=1, help="Maximum training epochs (early stopping on validation loss)."
     ),
     seed: int = typer.Option(0, help="Training seed."),
 ) -> None:

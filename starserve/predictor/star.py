@@ -7,7 +7,12 @@ depth with 576 -> 256-64-16 (shrunk further because we have ~10^4, not 10^5, lab
 Beyond the paper: (1) quantile heads (pinball loss; the P50 head *is* the L1 regressor) built
 non-crossing as a base plus positive increments; (2) log1p(tokens generated) as one extra input
 (the runtime interface passes it anyway), so the model never has to rediscover the decode
-position from the state.
+position from the state; (3) an optional first linear layer fitted by PCA instead of gradient
+descent (`projection_dim`): the standardised state is projected onto its top principal
+directions of the training states. With ~2k answers to ~700 prompts (the paper had 10^5
+points) the 576-wide input lets the MLP memorise training prompts: on our collection the plain
+MLP did no better than the tokens-generated count alone, while 4-8 principal directions beat
+every baseline (docs/predictor.md). `train_star` picks the dimension on the validation split.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ class StarArchitecture:
     quantiles: tuple[float, ...] = (0.1, 0.5, 0.9)
     dropout: float = 0.1
     max_output_tokens: int = 512  # output scale (targets are divided by it)
+    projection_dim: int | None = None  # None: the paper's MLP on the whole state
 
 
 class StarMLP(nn.Module):
@@ -39,7 +45,13 @@ class StarMLP(nn.Module):
         super().__init__()
         self.arch = arch
         layers: list[nn.Module] = []
-        width_in = arch.hidden_size + 1
+        width_in = (arch.projection_dim or arch.hidden_size) + 1
+        # Fitted by PCA in training (frozen): [hidden_size, projection_dim].
+        self.projection = (
+            nn.Parameter(torch.zeros(arch.hidden_size, arch.projection_dim), requires_grad=False)
+            if arch.projection_dim
+            else None
+        )
         for width in arch.widths:
             layers += [nn.Linear(width_in, width), nn.GELU(), nn.Dropout(arch.dropout)]
             width_in = width
@@ -51,6 +63,8 @@ class StarMLP(nn.Module):
     def raw(self, hidden: torch.Tensor, generated: torch.Tensor) -> torch.Tensor:
         """Quantiles in units of `max_output_tokens`, unclamped (for the training loss)."""
         x = (hidden.float() - self.feature_mean) / self.feature_std
+        if self.projection is not None:
+            x = x @ self.projection
         position = torch.log1p(generated.float()) / math.log1p(self.arch.max_output_tokens)
         out = self.net(torch.cat([x, position[:, None]], dim=1))
         mid = self.arch.quantiles.index(0.5) if 0.5 in self.arch.quantiles else 0

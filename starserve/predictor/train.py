@@ -44,15 +44,45 @@ def _tensors(ds: Dataset) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     )
 
 
+STAR_PROJECTION_DIMS = (4, 8, 16)  # principal directions tried; validation picks one
+
+
 def train_star(
     train: Dataset, val: Dataset, config: FitConfig, arch: StarArchitecture | None = None
 ) -> tuple[StarMLP, FitResult]:
-    arch = arch or StarArchitecture(train.hidden_size, max_output_tokens=train.max_output_tokens)
+    """Train with `arch`, or pick the projection dimension on validation loss when None."""
+    if arch is not None:
+        return _train_star_once(train, val, config, arch)
+    candidates = [
+        _train_star_once(train, val, config, _star_arch(train, dim)) for dim in STAR_PROJECTION_DIMS
+    ]
+    return min(candidates, key=lambda pair: pair[1].best_val_loss)
+
+
+def _star_arch(train: Dataset, projection_dim: int | None) -> StarArchitecture:
+    # Heavier regularisation than the paper's (dropout 0.2, weight decay 1e-2 via the config):
+    # a few thousand answers, not 10^5 points.
+    return StarArchitecture(
+        train.hidden_size,
+        dropout=0.2,
+        max_output_tokens=train.max_output_tokens,
+        projection_dim=projection_dim,
+    )
+
+
+def _train_star_once(
+    train: Dataset, val: Dataset, config: FitConfig, arch: StarArchitecture
+) -> tuple[StarMLP, FitResult]:
     model = StarMLP(arch)
     train_t, val_t = _tensors(train), _tensors(val)
     model.feature_mean, model.feature_std = standardizer(train_t[0])
+    if model.projection is not None:
+        standardized = (train_t[0] - model.feature_mean) / model.feature_std
+        torch.manual_seed(config.seed)  # pca_lowrank is randomised
+        _, _, basis = torch.pca_lowrank(standardized, q=arch.projection_dim, center=False)
+        model.projection.data = basis[:, : arch.projection_dim].contiguous()
     torch.manual_seed(config.seed)
-    return model, fit(model, star_loss, train_t, val_t, config)
+    return model, fit(model, star_loss, train_t, val_t, replace(config, weight_decay=1e-2))
 
 
 def train_trail(
