@@ -60,3 +60,19 @@ def test_runtime_roundtrip_gives_finite_nonnegative_predictions(tmp_path) -> Non
         predictor.predict(torch.randn(2, 31), torch.tensor([1, 2]))
     with pytest.raises(StarserveError):
         load_predictor(tmp_path / "missing")
+
+
+def test_star_projection_is_picked_on_validation_and_survives_saving(tmp_path) -> None:
+    from starserve.predictor.train import STAR_PROJECTION_DIMS
+
+    ds = synthetic_dataset(num_prompts=60)
+    model, _ = train_star(ds.split("train"), ds.split("val"), FAST)
+    assert model.arch.projection_dim in STAR_PROJECTION_DIMS and model.projection is not None
+    basis = model.projection.detach()
+    # principal directions: orthonormal columns of the standardised training states
+    torch.testing.assert_close(basis.T @ basis, torch.eye(basis.shape[1]), atol=1e-4, rtol=0)
+    save_module(tmp_path, "star_mlp", model, {"interval": 16, "max_output_tokens": 256})
+    hidden, generated = torch.randn(4, ds.hidden_size), torch.tensor([1, 17, 33, 49])
+    with torch.no_grad():
+        expected = model(hidden, generated)[:, 1]
+    torch.testing.assert_close(load_predictor(tmp_path).predict(hidden, generated), expected)
