@@ -16,7 +16,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from starserve.paths import cache_dir  # noqa: E402
-from starserve.predictor.collect import decode_step_time_s  # noqa: E402
 from starserve.predictor.collect_run import measure_decode_step_s  # noqa: E402
 from starserve.predictor.data import load_dataset  # noqa: E402
 from starserve.predictor.report import run_eval  # noqa: E402
@@ -56,7 +55,8 @@ def main() -> None:
         DEFAULT_DIR / "sample" if args.quick else cache_dir() / "predictor" / "collection"
     )
     test = load_dataset(data).split("test")
-    step_s = decode_step_time_s(test.meta) or measure_decode_step_s()
+    # A fresh measurement: the collection's own step times include its prefill chunks.
+    step_s = measure_decode_step_s(dtype=test.meta.get("settings", {}).get("dtype", "float32"))
     result = run_eval(args.models, test, args.out, step_s, print)
     print("RESULT " + json.dumps(summarize(result)))
 

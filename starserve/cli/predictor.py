@@ -202,7 +202,7 @@ def evaluate(
     ),
 ) -> None:
     """Evaluate STAR and the baselines on held-out prompts; write DIR/eval.json and a plot."""
-    from starserve.predictor.collect import decode_step_time_s
+    from starserve.predictor.collect_run import measure_decode_step_s
     from starserve.predictor.data import load_dataset
     from starserve.predictor.report import run_eval
     from starserve.predictor.runtime import DEFAULT_DIR
@@ -220,12 +220,8 @@ def evaluate(
         test = dataset if split == "all" else dataset.split(split)
     if not test.requests:
         raise StarserveError("no held-out requests to evaluate on")
-    step_s = decode_step_time_s(test.meta)
-    if step_s is None:
-        from starserve.predictor.collect_run import measure_decode_step_s
-
-        _say("timing an engine decode step at batch 32")
-        step_s = measure_decode_step_s()
+    _say("timing an engine decode step at batch 32")
+    step_s = measure_decode_step_s(dtype=test.meta.get("settings", {}).get("dtype", "float32"))
     result = run_eval(models_dir, test, out, step_s, _say)
     for name, row in result["predictors"].items():
         fraction = row["cost_fraction_of_step"]

@@ -158,13 +158,6 @@ def write_shard(
     tmp.replace(out_dir / MANIFEST_NAME)
 
 
-def decode_step_time_s(manifest: dict, batch: int = 32) -> float | None:
-    """Median engine step time with about `batch` running requests (from the collection)."""
-    samples = manifest.get("step_samples", [])
-    near = [t for n, t in samples if abs(n - batch) <= batch // 4]
-    return float(np.median(near)) if near else None
-
-
 def complete_prefix_mask(request_ids: list[str], jobs: list[Job]) -> np.ndarray:
     """Requests among the first planned jobs that all finished (stopped runs only).
 

@@ -125,14 +125,20 @@ def _record(out: Any, inflight: dict[str, InFlight], finished: list, bar: Any) -
 
 
 def measure_decode_step_s(
-    batch: int = 32, num_steps: int = 12, num_threads: int | None = 1
+    batch: int = 32, num_steps: int = 12, num_threads: int | None = None, dtype: str = "float32"
 ) -> float:
-    """Median wall time of one engine decode step with `batch` running requests (short prompts)."""
+    """Median wall time of one engine decode step with `batch` running requests (short prompts),
+    in the collection's dtype, on torch's threads unless `num_threads` says otherwise."""
     import time
 
     from starserve.engine import Engine, EngineConfig, SamplingParams
 
-    config = {"max_num_seqs": batch, "hidden_state_interval": 16, "num_threads": num_threads}
+    config = {
+        "max_num_seqs": batch,
+        "hidden_state_interval": 16,
+        "num_threads": num_threads,
+        "dtype": dtype,
+    }
     engine = Engine(validate(EngineConfig, config, source="step timing engine"))
     params = SamplingParams(max_tokens=num_steps + 4, temperature=0.0, ignore_eos=True)
     for i in range(batch):
