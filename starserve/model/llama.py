@@ -8,6 +8,7 @@ cache tensor and an `AttentionBatch` into `forward`, so several engines can shar
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -16,6 +17,7 @@ from torch import nn
 from starserve.model.attention import AttentionBatch, layer_attention
 from starserve.model.config import ModelConfig
 from starserve.model.native import add_rms_norm, linear, silu_mul
+from starserve.model.packing import PackedWeight, pack_weight
 
 
 class RMSNorm(nn.Module):
@@ -60,6 +62,18 @@ class DecoderLayer(nn.Module):
         self.down_weight = nn.Parameter(torch.empty(config.hidden_size, inter), False)
         self.scale = config.head_dim**-0.5
         self.shape = (config.num_heads, config.num_kv_heads, config.head_dim)
+        self.packed: dict[str, PackedWeight | None] = {}  # filled by LlamaModel.pack_weights
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "packed": {}}  # see LlamaModel.__getstate__
+
+    def pack_weights(self) -> None:
+        self.packed = {
+            "qkv": pack_weight(self.qkv_weight),
+            "o": pack_weight(self.o_weight),
+            "gate_up": pack_weight(self.gate_up_weight),
+            "down": pack_weight(self.down_weight),
+        }
 
     def forward(
         self,
@@ -72,11 +86,12 @@ class DecoderLayer(nn.Module):
         """h [T, hidden] residual stream, to which `delta` (the previous layer's output, None at
         the first layer) is added in place; rope = cos/sin [T, 1, D]; kv_cache [2, KV, slots, D].
         Returns this layer's output, for the next layer (or the final norm) to add."""
-        qkv = linear(self.input_norm(h, delta), self.qkv_weight, self.qkv_bias)
+        packed = self.packed.get
+        qkv = linear(self.input_norm(h, delta), self.qkv_weight, self.qkv_bias, packed("qkv"))
         attn = layer_attention(qkv, rope, kv_cache, batch, self.shape, self.scale)
-        attn_out = linear(attn, self.o_weight, None)
-        gate_up = linear(self.post_norm(h, attn_out), self.gate_up_weight, None)
-        return linear(silu_mul(gate_up), self.down_weight, None)
+        attn_out = linear(attn, self.o_weight, None, packed("o"))
+        gate_up = linear(self.post_norm(h, attn_out), self.gate_up_weight, None, packed("gate_up"))
+        return linear(silu_mul(gate_up), self.down_weight, None, packed("down"))
 
 
 @dataclass(slots=True)
@@ -108,6 +123,21 @@ class LlamaModel(nn.Module):
         cos, sin = rope_tables(config, max_positions)
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
+        self.lm_head_packed: PackedWeight | None = None
+        self.weights_packed = False
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Packed copies are opaque library tensors that do not pickle (Ray moves models between
+        # processes): they are dropped here and rebuilt by the first forward on the other side.
+        return {**self.__dict__, "lm_head_packed": None, "weights_packed": False}
+
+    def pack_weights(self) -> None:
+        """Keep a library-blocked copy of every GEMM weight (`packing.py`). The first forward
+        calls this; call it again after changing the weights."""
+        for layer in self.layers:
+            layer.pack_weights()
+        self.lm_head_packed = pack_weight(self.lm_head)
+        self.weights_packed = True
 
     @torch.inference_mode()
     def forward(
@@ -120,6 +150,8 @@ class LlamaModel(nn.Module):
         middle_layer: int | None = None,
     ) -> ForwardOutput:
         """token_ids/positions [T]; kv_cache [num_layers, 2, KV, num_slots, D]."""
+        if not self.weights_packed:
+            self.pack_weights()
         h = F.embedding(token_ids, self.embed)
         dtype = h.dtype
         rope = (
@@ -133,5 +165,5 @@ class LlamaModel(nn.Module):
                 middle = (h[select_index] + delta[select_index]).float()
         assert delta is not None
         hidden = self.norm(h[select_index], delta[select_index])
-        logits = linear(hidden, self.lm_head, None).float()
+        logits = linear(hidden, self.lm_head, None, self.lm_head_packed).float()
         return ForwardOutput(logits=logits, hidden_last=hidden.float(), hidden_middle=middle)

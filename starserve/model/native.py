@@ -33,6 +33,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from starserve.model.packing import PackedWeight
 from starserve.paths import cache_dir
 
 logger = logging.getLogger(__name__)
@@ -174,21 +175,31 @@ def decode_attention_kernel() -> ctypes._CFuncPtr | None:  # type: ignore[name-d
     return None if library is None else library.decode_attention
 
 
-def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """F.linear, through `small_linear` for 1-2 bfloat16 rows when the kernels are built."""
+def linear(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    packed: PackedWeight | None = None,
+) -> torch.Tensor:
+    """F.linear: `small_linear` for 1-2 bfloat16 rows when the kernels are built, else the
+    pre-packed weight (`packing.py`) where it pays, else the plain library call."""
     rows = x.shape[0]
-    if x.dtype != torch.bfloat16 or rows > SMALL_LINEAR_MAX_ROWS or x.dim() != 2:
-        return F.linear(x, weight, bias)
-    library = _library()
-    if library is None or x.stride(1) != 1 or not weight.is_contiguous():
-        return F.linear(x, weight, bias)
-    out_features, in_features = weight.shape
-    out = torch.empty(rows, out_features, dtype=x.dtype)
-    library.small_linear(
-        x.data_ptr(), x.stride(0), weight.data_ptr(), None if bias is None else bias.data_ptr(),
-        out.data_ptr(), rows, out_features, in_features, 1, torch.get_num_threads(),
-    )  # fmt: skip
-    return out
+    if x.dtype == torch.bfloat16 and rows <= SMALL_LINEAR_MAX_ROWS and x.dim() == 2:
+        library = _library()
+        if library is not None and x.stride(1) == 1 and weight.is_contiguous():
+            out_features, in_features = weight.shape
+            out = torch.empty(rows, out_features, dtype=x.dtype)
+            library.small_linear(
+                x.data_ptr(), x.stride(0), weight.data_ptr(),
+                None if bias is None else bias.data_ptr(), out.data_ptr(), rows, out_features,
+                in_features, 1, torch.get_num_threads(),
+            )  # fmt: skip
+            return out
+    if packed is not None:
+        product = packed.matmul(x, bias)
+        if product is not None:
+            return product
+    return F.linear(x, weight, bias)
 
 
 class NativeDecodeAttention:
