@@ -1,4 +1,4 @@
-"""GEMM weights packed once, at load, into the CPU math library's own blocked layout.
+"""GEMM weights packed once (at the first forward) into the CPU math library's blocked layout.
 
 `F.linear` on CPU hands the plain [out, in] weight to oneDNN (bfloat16) or MKL (float32), and the
 library reorders it into its blocked layout inside every call. At decode batch sizes on a small
