@@ -30,8 +30,23 @@ def main() -> None:
     )
     parser.add_argument("--scenario", default="scenarios/reasoning-h100.yaml")
     parser.add_argument("--policies", default=",".join(POLICIES))
+    parser.add_argument(
+        "--predictor",
+        default=None,
+        help="override the scenario's predictor model: 'error_profile' (the shipped measured "
+        "profile) or a number (relative_noise with that std of ln(pred/true))",
+    )
     args = parser.parse_args()
     scenario = load_yaml(Scenario, args.scenario)
+    if args.predictor is not None:
+        update: dict[str, object] = (
+            {"kind": "error_profile"}
+            if args.predictor == "error_profile"
+            else {"kind": "relative_noise", "relative_noise": float(args.predictor)}
+        )
+        scenario = scenario.model_copy(
+            update={"predictor": scenario.predictor.model_copy(update=update)}
+        )
     if args.quick:
         workload = scenario.workload.model_copy(update={"num_requests": 600})
         search = scenario.rate_search.model_copy(update={"num_requests": 600, "rel_tol": 0.15})
@@ -40,7 +55,12 @@ def main() -> None:
     results, _ = run_experiment(scenario, args.policies.split(","))
     wall_s = time.perf_counter() - start
     p = results["policies"]
-    out: dict[str, object] = {"scenario": scenario.name, "wall_s": wall_s, "quick": args.quick}
+    out: dict[str, object] = {
+        "scenario": scenario.name,
+        "predictor": scenario.predictor.model_dump(),
+        "wall_s": wall_s,
+        "quick": args.quick,
+    }
     for name, entry in p.items():
         out[name] = {
             k: entry[k]
