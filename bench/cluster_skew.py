@@ -11,9 +11,13 @@ output cap follows its kind, so short and long answers mix. Requests go to
 /v1/chat/completions (`starserve bench --endpoint`): SmolLM2 is an instruct model, and on raw
 completions it ends most answers at once with EOS, which leaves no length skew at all.
 
-Run from the project root:  python bench/cluster_skew.py [--quick]
-Last line: RESULT {json} with `p99_tpot_ratio_star_vs_round_robin`, per-policy numbers and
-the migration pause against normal TPOT.
+With several seeds (`--seed 0,1,2`) each seed draws its own workload and arrival times, every
+policy runs every seed, and the P99 TPOT is taken over all of a policy's requests pooled (the
+P99 of 80 requests is nearly their maximum, which swings with a single preemption).
+
+Run from the project root:  python bench/cluster_skew.py [--quick] [--seed 0,1,2]
+Last line: RESULT {json} with `p99_tpot_ratio_star_vs_round_robin` (pooled over the seeds),
+per-policy and per-seed numbers and the migration pause against normal TPOT.
 """
 
 from __future__ import annotations
@@ -32,6 +36,8 @@ from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))  # this checkout's starserve, wherever it is run from
+
+import numpy as np  # noqa: E402
 
 from starserve.cluster.config import ClusterConfig  # noqa: E402
 from starserve.cluster.launch import launch_cluster, switch_policy  # noqa: E402
@@ -99,8 +105,19 @@ def run_bench(
     return result
 
 
+def request_tpots_ms(bench: dict[str, Any]) -> list[float]:
+    """Each successful request's TPOT as vLLM defines it: (E2EL - TTFT) / (tokens - 1)."""
+    return [
+        1000 * sum(itls) / (tokens - 1)
+        for itls, tokens, error in zip(
+            bench["itls"], bench["output_lens"], bench["errors"], strict=True
+        )
+        if not error and tokens > 1
+    ]
+
+
 def run_policy(
-    cluster: Any, policy: str, args: argparse.Namespace, workload: Path, out_dir: Path
+    cluster: Any, policy: str, args: argparse.Namespace, seed: int, out_dir: Path
 ) -> dict[str, Any]:
     """One measured run of `policy` (the cluster's controller runs it) on warm, idle instances."""
     port = free_port()
@@ -110,11 +127,13 @@ def run_policy(
     with serving(cluster, [Listener(settings, "127.0.0.1", port)]):
         before = get_stats(base_url)["preemptions_per_instance"]
         extra = ("--ignore-eos",) if args.ignore_eos else ()
-        bench = run_bench(base_url, workload, args.num_prompts, args.request_rate, args.seed,
-                          out_dir / f"bench_{policy}.json", extra)  # fmt: skip
+        bench = run_bench(base_url, workload_path(out_dir, seed), args.num_prompts,
+                          args.request_rate, seed, out_dir / f"bench_{policy}_seed{seed}.json",
+                          extra)  # fmt: skip
         stats = get_stats(base_url)
     preemptions = {k: v - before.get(k, 0) for k, v in stats["preemptions_per_instance"].items()}
     return {
+        "seed": seed,
         "wall_s": round(time.perf_counter() - started, 1),
         "completed": bench["completed"],
         "failed": bench["failed"],
@@ -127,6 +146,27 @@ def run_policy(
         "migrations_started": stats["migrations_started"],
         "migrations_by_status": stats["migrations_by_status"],
         "migration_pauses": stats["migration_pauses"],
+        "tpots_ms": request_tpots_ms(bench),
+    }
+
+
+def workload_path(out_dir: Path, seed: int) -> Path:
+    return out_dir / f"workload_seed{seed}.jsonl"
+
+
+def pooled(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One policy's runs over all seeds: pooled P99 TPOT, summed counters, per-seed figures."""
+    statuses = [run["migrations_by_status"] for run in runs]
+    per_seed_keys = ("seed", "p99_tpot_ms", "mean_tpot_ms", "preemptions", "migrations_started")
+    return {
+        "completed": sum(run["completed"] for run in runs),
+        "failed": sum(run["failed"] for run in runs),
+        "p99_tpot_ms": float(np.percentile([t for run in runs for t in run["tpots_ms"]], 99)),
+        "mean_tpot_ms": float(np.mean([t for run in runs for t in run["tpots_ms"]])),
+        "preemptions": sum(run["preemptions"] for run in runs),
+        "migrations_started": sum(run["migrations_started"] for run in runs),
+        "migrations_by_status": {k: sum(s[k] for s in statuses) for k in statuses[0]},
+        "per_seed": [{k: run[k] for k in per_seed_keys} for run in runs],
     }
 
 
@@ -175,7 +215,12 @@ def main() -> None:
     parser.add_argument(
         "--kv-blocks", type=int, default=48, help="KV blocks per instance (16 tokens each)"
     )
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--seed",
+        default="0",
+        help="workload/arrival seed; comma-separated seeds run every policy on each and pool "
+        "the requests for the P99",
+    )
     parser.add_argument(
         "--ignore-eos", action="store_true", help="every request generates exactly its cap"
     )
@@ -184,34 +229,38 @@ def main() -> None:
         args.num_prompts, args.long_cap, args.request_rate = 12, 64, 2.0
     out_dir = cache_dir() / "cluster_skew"
     out_dir.mkdir(parents=True, exist_ok=True)
-    workload = out_dir / f"workload_seed{args.seed}.jsonl"
-    build_workload(
-        workload, args.num_prompts, args.long_fraction, args.short_cap, args.long_cap, args.seed
-    )
+    seeds = [int(seed) for seed in args.seed.split(",")]
+    for seed in seeds:
+        build_workload(
+            workload_path(out_dir, seed), args.num_prompts, args.long_fraction,
+            args.short_cap, args.long_cap, seed,
+        )  # fmt: skip
     policies = args.policies.split(",")
     config = ClusterConfig(
         num_prefill=1, num_decode=2, policy=policies[0], engine={"num_kv_blocks": args.kv_blocks}
     )
     cluster = launch_cluster(config)
     try:
-        warm_up(cluster, workload, out_dir)
-        per_policy = {}
-        for policy in policies:
-            cluster = switch_policy(cluster, policy)
-            per_policy[policy] = run_policy(cluster, policy, args, workload, out_dir)
+        warm_up(cluster, workload_path(out_dir, seeds[0]), out_dir)
+        runs: dict[str, list[dict[str, Any]]] = {policy: [] for policy in policies}
+        for seed in seeds:
+            for policy in policies:
+                cluster = switch_policy(cluster, policy)
+                runs[policy].append(run_policy(cluster, policy, args, seed, out_dir))
     finally:
         cluster.shutdown()
-    result: dict[str, Any] = {
-        "settings": {k: v for k, v in vars(args).items()},
-        "policies": {
-            p: {k: v for k, v in r.items() if k != "migration_pauses"}
-            for p, r in per_policy.items()
-        },
-    }
+    per_policy = {policy: pooled(policy_runs) for policy, policy_runs in runs.items()}
+    result: dict[str, Any] = {"settings": dict(vars(args)), "policies": per_policy}
     if "star" in per_policy and "round_robin" in per_policy:
         ratio = per_policy["star"]["p99_tpot_ms"] / per_policy["round_robin"]["p99_tpot_ms"]
         result["p99_tpot_ratio_star_vs_round_robin"] = round(ratio, 3)
-    pauses = [p for r in per_policy.values() for p in r["migration_pauses"]]
+        result["p99_tpot_ratio_per_seed"] = [
+            round(star["p99_tpot_ms"] / rr["p99_tpot_ms"], 3)
+            for star, rr in zip(runs["star"], runs["round_robin"], strict=True)
+        ]
+    pauses = [
+        p for policy_runs in runs.values() for r in policy_runs for p in r["migration_pauses"]
+    ]
     result["migration_pause"] = pause_summary(pauses)
     print("RESULT " + json.dumps(result))
 
