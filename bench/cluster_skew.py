@@ -23,6 +23,7 @@ per-policy and per-seed numbers and the migration pause against normal TPOT.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import random
@@ -37,10 +38,10 @@ from typing import Any
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))  # this checkout's starserve, wherever it is run from
 
-import numpy as np  # noqa: E402
-
 from starserve.cluster.config import ClusterConfig  # noqa: E402
 from starserve.cluster.launch import launch_cluster, switch_policy  # noqa: E402
+from starserve.metrics.records import RequestRecord  # noqa: E402
+from starserve.metrics.summary import summarize  # noqa: E402
 from starserve.paths import cache_dir, data_dir  # noqa: E402
 from starserve.server.app import ServerSettings  # noqa: E402
 from starserve.server.run import Listener, default_model_name, serving  # noqa: E402
@@ -105,14 +106,15 @@ def run_bench(
     return result
 
 
-def request_tpots_ms(bench: dict[str, Any]) -> list[float]:
-    """Each successful request's TPOT as vLLM defines it: (E2EL - TTFT) / (tokens - 1)."""
+def request_records(bench: dict[str, Any]) -> list[RequestRecord]:
+    """The saved result's requests back as records (token times from TTFT and the ITLs), so
+    pooled metrics use the same definitions as `starserve bench` itself."""
     return [
-        1000 * sum(itls) / (tokens - 1)
-        for itls, tokens, error in zip(
-            bench["itls"], bench["output_lens"], bench["errors"], strict=True
+        RequestRecord(0.0, tuple(itertools.accumulate([ttft, *itls])), prompt_tokens)
+        for ttft, itls, prompt_tokens, error in zip(
+            bench["ttfts"], bench["itls"], bench["input_lens"], bench["errors"], strict=True
         )
-        if not error and tokens > 1
+        if not error
     ]
 
 
@@ -146,7 +148,7 @@ def run_policy(
         "migrations_started": stats["migrations_started"],
         "migrations_by_status": stats["migrations_by_status"],
         "migration_pauses": stats["migration_pauses"],
-        "tpots_ms": request_tpots_ms(bench),
+        "records": request_records(bench),
     }
 
 
@@ -158,11 +160,12 @@ def pooled(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """One policy's runs over all seeds: pooled P99 TPOT, summed counters, per-seed figures."""
     statuses = [run["migrations_by_status"] for run in runs]
     per_seed_keys = ("seed", "p99_tpot_ms", "mean_tpot_ms", "preemptions", "migrations_started")
+    tpot = summarize([record for run in runs for record in run["records"]])
     return {
         "completed": sum(run["completed"] for run in runs),
         "failed": sum(run["failed"] for run in runs),
-        "p99_tpot_ms": float(np.percentile([t for run in runs for t in run["tpots_ms"]], 99)),
-        "mean_tpot_ms": float(np.mean([t for run in runs for t in run["tpots_ms"]])),
+        "p99_tpot_ms": tpot["p99_tpot_ms"],
+        "mean_tpot_ms": tpot["mean_tpot_ms"],
         "preemptions": sum(run["preemptions"] for run in runs),
         "migrations_started": sum(run["migrations_started"] for run in runs),
         "migrations_by_status": {k: sum(s[k] for s in statuses) for k in statuses[0]},
