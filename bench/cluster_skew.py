@@ -200,6 +200,15 @@ def pause_summary(pauses: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def seed_list(text: str) -> list[int]:
+    try:
+        return [int(seed) for seed in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"seeds must be comma-separated integers: {text!r}"
+        ) from None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -222,7 +231,8 @@ def main() -> None:
     )
     parser.add_argument(
         "--seed",
-        default="0",
+        type=seed_list,
+        default=[0],
         help="workload/arrival seed; comma-separated seeds run every policy on each and pool "
         "the requests for the P99",
     )
@@ -234,7 +244,7 @@ def main() -> None:
         args.num_prompts, args.long_cap, args.request_rate = 8, 48, 2.0
     out_dir = cache_dir() / "cluster_skew"
     out_dir.mkdir(parents=True, exist_ok=True)
-    seeds = [int(seed) for seed in args.seed.split(",")]
+    seeds: list[int] = args.seed
     for seed in seeds:
         build_workload(
             workload_path(out_dir, seed), args.num_prompts, args.long_fraction,

@@ -23,6 +23,19 @@ def ratio(a: float | None, b: float | None) -> float | None:
     return None if a is None or not b else a / b
 
 
+def predictor_override(text: str) -> dict[str, object]:
+    """`--predictor`: 'error_profile', or a relative-noise std >= 0."""
+    if text == "error_profile":
+        return {"kind": "error_profile"}
+    try:
+        sigma = float(text)
+    except ValueError:
+        sigma = -1.0
+    if not sigma >= 0:
+        raise argparse.ArgumentTypeError(f"expected 'error_profile' or a std >= 0, got {text!r}")
+    return {"kind": "relative_noise", "relative_noise": sigma}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument(
@@ -32,6 +45,7 @@ def main() -> None:
     parser.add_argument("--policies", default=",".join(POLICIES))
     parser.add_argument(
         "--predictor",
+        type=predictor_override,
         default=None,
         help="override the scenario's predictor model: 'error_profile' (the shipped measured "
         "profile) or a number (relative_noise with that std of ln(pred/true))",
@@ -39,13 +53,8 @@ def main() -> None:
     args = parser.parse_args()
     scenario = load_yaml(Scenario, args.scenario)
     if args.predictor is not None:
-        update: dict[str, object] = (
-            {"kind": "error_profile"}
-            if args.predictor == "error_profile"
-            else {"kind": "relative_noise", "relative_noise": float(args.predictor)}
-        )
         scenario = scenario.model_copy(
-            update={"predictor": scenario.predictor.model_copy(update=update)}
+            update={"predictor": scenario.predictor.model_copy(update=args.predictor)}
         )
     if args.quick:
         workload = scenario.workload.model_copy(update={"num_requests": 600})
