@@ -61,12 +61,52 @@ class CpuCapabilities:
         return self.has("avx512_bf16")
 
     @property
+    def bf16_weight_packing(self) -> bool:
+        """oneDNN packs bfloat16 weights only with AVX512 bw/vl/dq or avx_ne_convert (it raises
+        `bf16 path needs ...` otherwise); a forced level caps oneDNN too (`library_env`)."""
+        if self.has("avx512"):
+            return True
+        return self.has("avx2") and not self.forced and "avx_ne_convert" in self.flags
+
+    @property
     def forced(self) -> bool:
         return self.isa != self.detected_isa
+
+    @property
+    def compile_flags(self) -> tuple[str, ...]:
+        """C compiler flags for the native kernels at this level: the CPU's own (-march=native)
+        unless a lower level is forced, then exactly that level's instruction sets."""
+        if not self.forced and self.isa != "scalar":
+            return ("-march=native",)
+        return _LEVEL_FLAGS.get(self.isa, ())
 
     def describe(self) -> str:
         forced = f", forced by {ISA_ENV} (CPU has {self.detected_isa})" if self.forced else ""
         return f"{self.model_name} [{self.arch}, isa {self.isa}{forced}]"
+
+
+# Compiler flags of a forced level (the code then runs on any CPU of that level).
+_LEVEL_FLAGS: dict[str, tuple[str, ...]] = {
+    "avx512_bf16": ("-mavx2", "-mfma", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq",
+                    "-mavx512bf16"),
+    "avx512": ("-mavx2", "-mfma", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq"),
+    "avx2": ("-mavx2", "-mfma"),
+    "neon": (),
+    "scalar": (),
+}  # fmt: skip
+
+# What the math libraries are told under a forced level, so they behave as on such a CPU:
+# oneDNN (bfloat16 GEMM, packing), ATen's own vector kernels, MKL (float32 GEMM).
+_LIBRARY_ENV: dict[str, dict[str, str]] = {
+    "avx512_bf16": {"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_BF16", "ATEN_CPU_CAPABILITY": "avx512",
+                    "MKL_ENABLE_INSTRUCTIONS": "AVX512"},
+    "avx512": {"ONEDNN_MAX_CPU_ISA": "AVX512_CORE", "ATEN_CPU_CAPABILITY": "avx512",
+               "MKL_ENABLE_INSTRUCTIONS": "AVX512"},
+    "avx2": {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2",
+             "MKL_ENABLE_INSTRUCTIONS": "AVX2"},
+    "scalar": {"ONEDNN_MAX_CPU_ISA": "SSE41", "ATEN_CPU_CAPABILITY": "default",
+               "MKL_ENABLE_INSTRUCTIONS": "SSE4_2"},
+}  # fmt: skip
 
 
 def _read_cpuinfo() -> tuple[str, frozenset[str]]:
@@ -115,6 +155,60 @@ def cpu() -> CpuCapabilities:
     arch = platform.machine()
     detected = _best_level(arch, flags)
     return CpuCapabilities(model, arch, _apply_override(detected), detected, flags)
+
+
+def library_env(caps: CpuCapabilities) -> dict[str, str]:
+    """Environment that caps oneDNN, ATen and MKL at a forced level (empty when not forced)."""
+    if not caps.forced:
+        return {}
+    env = dict(_LIBRARY_ENV.get(caps.isa, {}))
+    if "ONEDNN_MAX_CPU_ISA" in env:
+        env["DNNL_MAX_CPU_ISA"] = env["ONEDNN_MAX_CPU_ISA"]  # older oneDNN spelling
+    return env
+
+
+def apply_library_env() -> None:
+    """Export `library_env` into this process (and so into the Ray workers it starts).
+
+    The libraries read these once, when torch is first imported: `starserve/__init__.py` calls
+    this before anything imports torch. Values the user set already are kept."""
+    env = library_env(cpu())
+    if not env:
+        return
+    import sys
+
+    late = "torch" in sys.modules and any(os.environ.get(k) != v for k, v in env.items())
+    for key, value in env.items():
+        os.environ.setdefault(key, value)
+    if late:
+        log.warning("%s set after torch was imported: the math libraries keep their own ISA",
+                    ISA_ENV)  # fmt: skip
+
+
+def torch_capability() -> str:
+    """PyTorch's own report of its vector level (AVX512, AVX2, DEFAULT...), as a cross-check."""
+    import torch
+
+    return str(torch.backends.cpu.get_cpu_capability())
+
+
+def auto_dtype(caps: CpuCapabilities | None = None) -> str:
+    """`--dtype auto`: bfloat16 where the CPU multiplies it natively, float32 otherwise."""
+    return "bfloat16" if (caps or cpu()).native_bf16_matmul else "float32"
+
+
+def resolve_dtype(requested: str) -> str:
+    """`auto` -> `auto_dtype()`; any other value is returned as given (validated elsewhere)."""
+    return auto_dtype() if requested == "auto" else requested
+
+
+def startup_line(dtype: str) -> str:
+    """What the CLI prints at start-up: the CPU, its ISA level and the dtype chosen for it."""
+    caps = cpu()
+    note = ""
+    if dtype == "bfloat16" and not caps.native_bf16_matmul:
+        note = " (no native bfloat16 on this CPU: correct but slow; float32 is faster here)"
+    return f"cpu: {caps.describe()}, dtype {dtype}{note}"
 
 
 def result_tags(dtype: str | None = None) -> dict[str, str]:

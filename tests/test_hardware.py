@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 
 from starserve import hardware
@@ -55,3 +59,37 @@ def test_result_tags_name_the_machine() -> None:
     tags = hardware.result_tags("float32")
     assert set(tags) == {"cpu", "isa", "dtype"} and tags["dtype"] == "float32"
     assert tags["isa"] in hardware.ISA_LEVELS and tags["cpu"]
+
+
+def test_forced_level_caps_the_math_libraries_before_torch_loads() -> None:
+    """STARSERVE_ISA=avx2 makes oneDNN, ATen and MKL behave as on an AVX2 CPU, in a fresh
+    process that imports starserve first (as the CLI, the benches and the tests do)."""
+    script = (
+        "import os, starserve, torch\n"
+        "print(os.environ.get('ONEDNN_MAX_CPU_ISA'), os.environ.get('MKL_ENABLE_INSTRUCTIONS'),"
+        " torch.backends.cpu.get_cpu_capability())\n"
+    )
+    env = {**os.environ, hardware.ISA_ENV: "avx2"}
+    for key in ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY"):
+        env.pop(key, None)
+    env.pop("MKL_ENABLE_INSTRUCTIONS", None)
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    if hardware.cpu().detected_isa in ("amx_bf16", "avx512_bf16", "avx512"):
+        assert out.stdout.split() == ["AVX2", "AVX2", "AVX2"]
+    else:  # nothing to lower: no caps set, torch reports what the CPU has
+        assert out.stdout.split()[:2] == ["None", "None"]
+
+
+def test_flags_and_dtype_follow_the_level() -> None:
+    avx2 = _caps("avx2", detected="amx_bf16")
+    assert avx2.compile_flags == ("-mavx2", "-mfma") and not avx2.bf16_weight_packing
+    assert hardware.library_env(avx2)["ONEDNN_MAX_CPU_ISA"] == "AVX2"
+    assert hardware.auto_dtype(avx2) == "float32"
+    native = _caps("avx512_bf16")
+    assert native.compile_flags == ("-march=native",) and native.bf16_weight_packing
+    assert hardware.library_env(native) == {} and hardware.auto_dtype(native) == "bfloat16"
+    # A plain AVX2 CPU with avx_ne_convert (recent Intel cores) can pack bfloat16 in oneDNN.
+    ne_convert = CpuCapabilities("t", "x86_64", "avx2", "avx2", frozenset({"avx_ne_convert"}))
+    assert ne_convert.bf16_weight_packing and not _caps("avx2").bf16_weight_packing
+    assert "slow" in hardware.startup_line("bfloat16") or hardware.cpu().native_bf16_matmul

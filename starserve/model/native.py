@@ -7,9 +7,11 @@
 - `add_rms_norm` and `silu_mul` do a layer's element-wise work in one call each (bfloat16),
   where PyTorch dispatches five to eight small operators.
 
-They are built with the system C compiler (`CC`, else `cc`) for this very CPU (`-march=native`)
-into `cache/native/`, keyed on the sources, the flags and the CPU, so a checkout moved to another
-machine rebuilds. Without a compiler, or with `STARSERVE_NATIVE=0`, the engine keeps the
+They are built with the system C compiler (`CC`, else `cc`) into `cache/native/` with the flags
+`starserve.hardware` chooses for the ISA level (`-march=native`, or exactly `-mavx2 -mfma` under
+`STARSERVE_ISA=avx2`), keyed on the sources, the flags, the level and the CPU, so a checkout
+moved to another machine (or run at another level) rebuilds. Each kernel has vector paths for
+AVX-512 (16 lanes) and AVX2+FMA (8 lanes) and a scalar fallback; the compiler flags pick one. Without a compiler, or with `STARSERVE_NATIVE=0`, the engine keeps the
 PyTorch path and says so once.
 
 The library links OpenMP by its soname (`libgomp.so.1`); PyTorch has loaded its own copy under
@@ -23,7 +25,6 @@ import functools
 import hashlib
 import logging
 import os
-import platform
 import shutil
 import subprocess
 import tempfile
@@ -33,6 +34,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from starserve.hardware import cpu
 from starserve.model.packing import PackedWeight
 from starserve.paths import cache_dir
 
@@ -44,7 +46,7 @@ SOURCES = tuple(
 )
 HEADER = KERNELS_DIR / "numerics.h"  # bfloat16 conversions and exp shared by the sources
 SMALL_LINEAR_MAX_ROWS = 2  # beyond 2 rows oneDNN's bfloat16 GEMM is as fast (measured)
-FLAGS = ("-O3", "-march=native", "-fopenmp", "-ffp-contract=off", "-shared", "-fPIC")
+BASE_FLAGS = ("-O3", "-fopenmp", "-ffp-contract=off", "-shared", "-fPIC")
 DTYPE_CODES = {torch.float32: 0, torch.bfloat16: 1}
 
 _i64, _ptr = ctypes.c_int64, ctypes.c_void_p
@@ -67,16 +69,12 @@ _LINEAR_SIGNATURE: list[Any] = [
 ]
 
 
-def _cpu_fingerprint() -> str:
-    try:
-        info = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return platform.processor()
-    lines = [line for line in info.splitlines() if line.startswith(("model name", "flags"))]
-    return "\n".join(sorted(set(lines)))
+def compile_flags() -> tuple[str, ...]:
+    """The full compiler flags for this process's ISA level (`hardware.cpu().compile_flags`)."""
+    return (*BASE_FLAGS, *cpu().compile_flags)
 
 
-def _build(output: Path) -> None:
+def _build(output: Path, flags: tuple[str, ...]) -> None:
     compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     if compiler is None:
         raise RuntimeError("no C compiler found (set CC)")
@@ -85,7 +83,7 @@ def _build(output: Path) -> None:
     with tempfile.TemporaryDirectory(dir=output.parent) as tmp:
         partial = Path(tmp) / output.name
         subprocess.run(
-            [compiler, *FLAGS, "-o", str(partial), *map(str, SOURCES), "-lm"],
+            [compiler, *flags, "-o", str(partial), *map(str, SOURCES), "-lm"],
             check=True,
             capture_output=True,
             text=True,
@@ -97,14 +95,16 @@ def _build(output: Path) -> None:
 def _library() -> ctypes.CDLL | None:
     if os.environ.get("STARSERVE_NATIVE", "1") == "0":
         return None
+    caps, flags = cpu(), compile_flags()
     key = hashlib.sha256()
-    for part in (*(p.read_bytes() for p in (*SOURCES, HEADER)), " ".join(FLAGS).encode()):
+    for part in (*(p.read_bytes() for p in (*SOURCES, HEADER)), " ".join(flags).encode()):
         key.update(part)
-    key.update(_cpu_fingerprint().encode())
-    library_path = cache_dir() / "native" / f"starserve_kernels-{key.hexdigest()[:16]}.so"
+    key.update(f"{caps.isa}\n{caps.model_name}\n{' '.join(sorted(caps.flags))}".encode())
+    name = f"starserve_kernels-{caps.isa}-{key.hexdigest()[:16]}.so"
+    library_path = cache_dir() / "native" / name
     try:
         if not library_path.exists():
-            _build(library_path)
+            _build(library_path, flags)
         library = ctypes.CDLL(str(library_path))
     except (OSError, RuntimeError, subprocess.CalledProcessError) as err:
         detail = getattr(err, "stderr", "") or err

@@ -13,6 +13,14 @@ about 64 rows and differ in the last bits below (MKL picks another kernel for sm
 a bias (Llama) and within the packed range, each output row depends only on its own input row,
 never on its batch-mates.
 
+Packing is asked of `starserve.hardware` first: oneDNN's bfloat16 packing needs AVX512 bw/vl/dq
+or avx_ne_convert (on a plain AVX2 CPU it raises), so there bfloat16 weights stay plain and
+`F.linear` serves them; MKL's float32 packing works from AVX2 up.
+
+MKL splits a float32 product of 5-11 rows between threads in a way that changes the last bits
+with the row count, so such products are padded to 12 rows: a request's result never depends
+on how many batch-mates it has (measured with 2 threads; 4, 8 and 12+ rows are stable).
+
 Beyond `MAX_PACKED_ROWS` (long prefill chunks) the plain path is as fast or faster, so it is used.
 `STARSERVE_PACK=0` turns packing off (for A/B measurements).
 """
@@ -24,9 +32,12 @@ from dataclasses import dataclass
 
 import torch
 
+from starserve.hardware import cpu
+
 MAX_PACKED_ROWS = 256
 PACK_HINT_ROWS = 32  # the batch size the library tunes its layout for (any size works)
 MIN_PACKED_ROWS = {torch.bfloat16: 3, torch.float32: 4}  # fewer: small_linear / plain is as fast
+FLOAT32_PAD_ROWS = (5, 11, 12)  # float32 products of 5..11 rows run as 12 (see above)
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,17 +53,23 @@ class PackedWeight:
             return None
         if x.dtype == torch.bfloat16:
             return torch.ops.mkldnn._linear_pointwise(x, self.packed, bias, "none", [], "")
+        low, high, padded = FLOAT32_PAD_ROWS
+        if low <= rows <= high:
+            full = x.new_zeros(padded, x.shape[1])
+            full[:rows] = x
+            return torch.ops.mkl._mkl_linear(full, self.packed, self.plain, bias, padded)[:rows]
         return torch.ops.mkl._mkl_linear(x.contiguous(), self.packed, self.plain, bias, rows)
 
 
 def pack_weight(weight: torch.Tensor) -> PackedWeight | None:
     """The packed form of a [out, in] float32 or bfloat16 weight, or None when this PyTorch build
-    lacks the library (or STARSERVE_PACK=0)."""
-    if os.environ.get("STARSERVE_PACK", "1") == "0" or weight.dim() != 2:
+    lacks the library, the CPU lacks the instructions it needs (`hardware`), or STARSERVE_PACK=0."""
+    if os.environ.get("STARSERVE_PACK", "1") == "0" or weight.dim() != 2 or weight.is_cuda:
         return None
     weight = weight.detach().contiguous()
     with torch.no_grad():
-        if weight.dtype == torch.bfloat16 and torch.backends.mkldnn.is_available():
+        bf16_ok = torch.backends.mkldnn.is_available() and cpu().bf16_weight_packing
+        if weight.dtype == torch.bfloat16 and bf16_ok:
             packed = torch.ops.mkldnn._reorder_linear_weight(weight, PACK_HINT_ROWS)
         elif weight.dtype == torch.float32 and torch.backends.mkl.is_available():
             packed = torch.ops.mkl._mkl_reorder_linear_weight(weight, PACK_HINT_ROWS)
