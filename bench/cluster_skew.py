@@ -40,6 +40,7 @@ sys.path.insert(0, str(REPO_ROOT))  # this checkout's starserve, wherever it is 
 
 from starserve.cluster.config import ClusterConfig  # noqa: E402
 from starserve.cluster.launch import launch_cluster, switch_policy  # noqa: E402
+from starserve.hardware import resolve_dtype, result_tags  # noqa: E402
 from starserve.metrics.records import RequestRecord  # noqa: E402
 from starserve.metrics.summary import summarize  # noqa: E402
 from starserve.paths import cache_dir, data_dir  # noqa: E402
@@ -265,7 +266,11 @@ def main() -> None:
     finally:
         cluster.shutdown()
     per_policy = {policy: pooled(policy_runs) for policy, policy_runs in runs.items()}
-    result: dict[str, Any] = {"settings": dict(vars(args)), "policies": per_policy}
+    result: dict[str, Any] = {
+        **result_tags(resolve_dtype(config.dtype)),
+        "settings": dict(vars(args)),
+        "policies": per_policy,
+    }
     if "star" in per_policy and "round_robin" in per_policy:
         ratio = per_policy["star"]["p99_tpot_ms"] / per_policy["round_robin"]["p99_tpot_ms"]
         result["p99_tpot_ratio_star_vs_round_robin"] = round(ratio, 3)

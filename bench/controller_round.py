@@ -14,6 +14,7 @@ import random
 import statistics
 import time
 
+from starserve.hardware import result_tags
 from starserve.policy import InstanceSnapshot, NewRequest, RequestLoad, get_policy
 
 BLOCK = 16
@@ -79,7 +80,7 @@ def main() -> None:
         "rounds": rounds,
         "migrations_per_round": migrations / rounds,
     }
-    print("RESULT " + json.dumps(result))
+    print("RESULT " + json.dumps({**result, **result_tags("none (no model: policy code)")}))
 
 
 if __name__ == "__main__":

@@ -4,14 +4,17 @@ Same prompts (real alpaca_eval prompts, chat template), same dtype, greedy, a fi
 new tokens (no early stop on either side), one process. Also: engine step time at batch 1/8/32,
 KV memory per 1k tokens, and export + import of a 1k-token request between two engines.
 
-    python bench/engine_throughput.py [--quick] [--dtype float32|bfloat16] [--threads N]
+    python bench/engine_throughput.py [--quick] [--dtype auto|float32|bfloat16] [--threads N]
 
 The last line printed is `RESULT {json}` with speedup_vs_hf_bs32, speedup_vs_hf_bs1 and
-export_import_ms (plus the raw figures).
+export_import_ms (plus the raw figures), tagged with the cpu, isa and dtype it ran on.
 """
 
 from __future__ import annotations
 
+import starserve  # noqa: F401  (first: a forced STARSERVE_ISA caps the libraries torch loads)
+
+# isort: split
 import argparse
 import json
 import statistics
@@ -20,6 +23,7 @@ import time
 import torch
 
 from starserve.engine import Engine, EngineConfig, SamplingParams
+from starserve.hardware import DTYPE_CHOICES, DTYPE_HELP, resolve_dtype, result_tags, startup_line
 from starserve.model import LoadedModel, load_model
 from starserve.workload import load_workload
 
@@ -82,10 +86,12 @@ def export_import_ms(weights: LoadedModel, dtype: str, repeats: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="16 new tokens per request (< 1 min)")
-    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    parser.add_argument("--dtype", choices=DTYPE_CHOICES, default="auto", help=DTYPE_HELP)
     parser.add_argument("--threads", type=int, default=2, help="torch threads for both sides")
     parser.add_argument("--new-tokens", type=int, default=256, help="tokens generated per request")
     args = parser.parse_args()
+    args.dtype = resolve_dtype(args.dtype)
+    print(startup_line(args.dtype), flush=True)
     torch.set_num_threads(args.threads)
     new_tokens = 16 if args.quick else args.new_tokens
     batch_sizes = [1, 8, 32]
@@ -97,7 +103,7 @@ def main() -> None:
     prompts = chat_prompts(engine, max(batch_sizes))
     engine_run(engine, prompts[:2], 4)  # warm-up
     result: dict[str, object] = {
-        "dtype": args.dtype,
+        **result_tags(args.dtype),
         "threads": args.threads,
         "new_tokens": new_tokens,
     }

@@ -15,6 +15,7 @@ import json
 import numpy as np
 import pandas as pd
 
+from starserve.hardware import result_tags
 from starserve.paths import data_dir
 from starserve.sim.latency import ProfiledLatencyModel
 
@@ -49,6 +50,7 @@ def main() -> None:
             "example_batch1_ms": {"ours": float(ours[0]), "measured": float(measured[0])},
         }
     result["median_abs_rel_error"] = float(np.median(all_errors))
+    result.update(result_tags("none (latency model fit)"))
     print("RESULT " + json.dumps(result))
 
 

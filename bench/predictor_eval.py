@@ -15,6 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from starserve.hardware import result_tags  # noqa: E402
 from starserve.paths import cache_dir  # noqa: E402
 from starserve.predictor.collect_run import measure_decode_step_s  # noqa: E402
 from starserve.predictor.data import load_dataset  # noqa: E402
@@ -56,9 +57,10 @@ def main() -> None:
     )
     test = load_dataset(data).split("test")
     # A fresh measurement: the collection's own step times include its prefill chunks.
-    step_s = measure_decode_step_s(dtype=test.meta.get("settings", {}).get("dtype", "float32"))
+    dtype = test.meta.get("settings", {}).get("dtype", "float32")
+    step_s = measure_decode_step_s(dtype=dtype)
     result = run_eval(args.models, test, args.out, step_s, print)
-    print("RESULT " + json.dumps(summarize(result)))
+    print("RESULT " + json.dumps({**summarize(result), **result_tags(dtype)}))
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ import json
 import time
 
 from starserve.config import load_yaml
+from starserve.hardware import result_tags
 from starserve.sim.config import Scenario
 from starserve.sim.experiment import run_experiment
 
@@ -91,7 +92,7 @@ def main() -> None:
             out[f"star_max_rate_vs_{other}"] = ratio(
                 star["max_rate_at_90pct_slo"], get(other, "max_rate_at_90pct_slo")
             )
-    print("RESULT " + json.dumps(out))
+    print("RESULT " + json.dumps({**out, **result_tags("none (simulator)")}))
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ import json
 import time
 
 from starserve.config import load_yaml
+from starserve.hardware import result_tags
 from starserve.policy import get_policy
 from starserve.sim.build import build_cluster, make_sampler
 from starserve.sim.config import Scenario
@@ -55,7 +56,7 @@ def main() -> None:
         "num_requests": len(requests),
         "preemptions": sum(i.counters.num_preemptions for i in sim.decode),
     }
-    print("RESULT " + json.dumps(result))
+    print("RESULT " + json.dumps({**result, **result_tags("none (simulator)")}))
 
 
 if __name__ == "__main__":

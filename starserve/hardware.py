@@ -197,8 +197,21 @@ def auto_dtype(caps: CpuCapabilities | None = None) -> str:
     return "bfloat16" if (caps or cpu()).native_bf16_matmul else "float32"
 
 
+DTYPE_CHOICES = ("auto", "float32", "bfloat16")
+DTYPE_HELP = (
+    "auto (bfloat16 where the CPU has native bfloat16 matrix support: AMX or AVX512-BF16; "
+    "float32 otherwise), float32 (bit-exact with transformers) or bfloat16."
+)
+
+
 def resolve_dtype(requested: str) -> str:
-    """`auto` -> `auto_dtype()`; any other value is returned as given (validated elsewhere)."""
+    """`auto` -> `auto_dtype()`; float32/bfloat16 as given; anything else a one-line error."""
+    if requested not in DTYPE_CHOICES:
+        from starserve.errors import StarserveError
+
+        raise StarserveError(
+            f"--dtype must be one of {', '.join(DTYPE_CHOICES)}, got {requested!r}"
+        )
     return auto_dtype() if requested == "auto" else requested
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from starserve.errors import StarserveError
+from starserve.hardware import DTYPE_HELP, resolve_dtype, startup_line
 
 app = typer.Typer(
     help="The serving model: conversion and a quick generation check.", no_args_is_help=True
@@ -37,13 +38,15 @@ def generate_command(
     temperature: float = typer.Option(0.0, help="0 = greedy"),
     top_p: float = typer.Option(1.0, help="nucleus sampling mass, in (0, 1]"),
     seed: int | None = typer.Option(None, help="per-request seed for sampling"),
-    dtype: str = typer.Option("float32", help="float32 or bfloat16"),
+    dtype: str = typer.Option("auto", help=DTYPE_HELP),
     threads: int | None = typer.Option(None, help="torch threads (default: torch's choice)"),
 ) -> None:
     """Generate a reply with the starserve engine, streaming the text."""
     from starserve.config import validate
     from starserve.engine import Engine, EngineConfig, SamplingParams
 
+    dtype = resolve_dtype(dtype)
+    typer.echo(startup_line(dtype), err=True)
     config = validate(
         EngineConfig, {"model": model, "dtype": dtype, "num_threads": threads}, "options"
     )

@@ -8,6 +8,7 @@ from typing import Any
 import typer
 
 from starserve.errors import StarserveError
+from starserve.hardware import DTYPE_CHOICES, DTYPE_HELP
 
 app = typer.Typer(
     help="Remaining-length predictor (STAR): collect data, train, evaluate.",
@@ -76,18 +77,19 @@ def collect(
     ),
     threads: int = typer.Option(None, min=1, help="torch CPU threads (default: torch's choice)."),
     seed: int = typer.Option(0, help="Seed for prompt order and per-answer sampling."),
-    dtype: str = typer.Option(
-        "bfloat16", help="Engine dtype: bfloat16 (what `starserve serve` runs) or float32."
-    ),
+    dtype: str = typer.Option("auto", help="Engine dtype: " + DTYPE_HELP),
 ) -> None:
     """Answer real prompts with the engine and store labelled hidden states (float16, resumable)."""
+    from starserve.hardware import resolve_dtype, startup_line
     from starserve.predictor.collect import CollectSettings
     from starserve.predictor.collect_run import collect as run_collect
 
-    if dtype not in ("float32", "bfloat16"):
+    if dtype not in DTYPE_CHOICES:
         raise typer.BadParameter(
-            f"must be float32 or bfloat16, got {dtype!r}", param_hint="--dtype"
+            f"must be one of {', '.join(DTYPE_CHOICES)}, got {dtype!r}", param_hint="--dtype"
         )
+    dtype = resolve_dtype(dtype)
+    _say(startup_line(dtype))
     settings = CollectSettings(
         max_tokens=max_tokens, temperature=temperature, top_p=top_p,
         samples_per_prompt=samples_per_prompt, interval=interval, middle_layer=middle_layer,

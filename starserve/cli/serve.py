@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from starserve.errors import StarserveError
+from starserve.hardware import DTYPE_HELP, resolve_dtype, startup_line
 
 
 def _check_port_free(host: str, port: int) -> None:
@@ -50,11 +51,7 @@ def command(
         256, "--max-num-requests", help="Admission limit: requests in flight beyond it get 429."
     ),
     dtype: str = typer.Option(
-        "bfloat16",
-        "--dtype",
-        help="Engine dtype of every instance: bfloat16 (fast path: AMX matrix units and native "
-        "kernels; what the shipped predictor was trained on) or float32 (bit-exact with "
-        "transformers).",
+        "auto", "--dtype", help="Engine dtype of every instance: " + DTYPE_HELP
     ),
     kv_blocks: int | None = typer.Option(
         None,
@@ -86,6 +83,8 @@ def command(
     if max_num_requests < 1:
         raise StarserveError(f"--max-num-requests must be >= 1, got {max_num_requests}")
     _check_port_free(host, port)
+    dtype = resolve_dtype(dtype)
+    typer.echo(startup_line(dtype), err=True)
     engine = {"num_kv_blocks": kv_blocks} if kv_blocks is not None else {}
     cluster = validate(
         ClusterConfig,

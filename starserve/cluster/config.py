@@ -7,6 +7,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from starserve.config import Settings
+from starserve.hardware import resolve_dtype
 
 
 class ClusterConfig(Settings):
@@ -14,8 +15,10 @@ class ClusterConfig(Settings):
     num_decode: int = Field(2, ge=1, description="decode instances (Ray actors)")
     policy: str = Field("star", description="dispatch + rebalancing policy (starserve.policy)")
     model: str | None = Field(None, description="GGUF file or HF folder; None = bundled SmolLM2")
-    dtype: Literal["float32", "bfloat16"] = Field(
-        "bfloat16", description="weights, activations and KV of every instance"
+    dtype: Literal["auto", "float32", "bfloat16"] = Field(
+        "auto",
+        description="weights, activations and KV of every instance; auto = bfloat16 where the "
+        "CPU multiplies it natively (starserve.hardware), float32 otherwise",
     )
     predictor: str | None = Field(None, description="predictor folder; None = the shipped one")
     use_predictor: bool = Field(True, description="False: no predictions (current load only)")
@@ -29,7 +32,7 @@ class ClusterConfig(Settings):
     max_concurrent_migrations: int = Field(1, ge=1, description="migrations in flight at once")
 
     def engine_overrides(self) -> dict[str, Any]:
-        overrides = {"dtype": self.dtype, **self.engine}
+        overrides = {"dtype": resolve_dtype(self.dtype), **self.engine}
         if self.model is not None:
             overrides["model"] = self.model
         return overrides
