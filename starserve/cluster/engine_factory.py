@@ -33,10 +33,13 @@ def load_predictor_or_none(path: str | None) -> Any | None:
 
 
 def build_engine(config: Any, weights: Any = None) -> tuple[Any, Any | None]:
-    """(Engine, predictor or None) for a `WorkerConfig`; one torch thread per instance."""
+    """(Engine, predictor or None) for a `WorkerConfig`; one torch thread per instance. The
+    engine has run a real warm-up step (`engine/warmup.py`): one that cannot step raises a
+    one-line StarserveError naming the instance, so start-up fails before /health says ok."""
     import torch
 
     from starserve.engine import Engine, EngineConfig
+    from starserve.engine.warmup import EngineStartupError, warm_up
 
     predictor = load_predictor_or_none(config.predictor_path) if config.use_predictor else None
     overrides: dict[str, Any] = {"num_threads": 1}
@@ -44,4 +47,9 @@ def build_engine(config: Any, weights: Any = None) -> tuple[Any, Any | None]:
         overrides["hidden_state_interval"] = int(predictor.interval)
     overrides.update(config.engine_overrides)
     torch.set_num_threads(int(overrides["num_threads"]))
-    return Engine(EngineConfig(**overrides), weights=weights), predictor
+    engine = Engine(EngineConfig(**overrides), weights=weights)
+    try:
+        warm_up(engine)
+    except EngineStartupError as err:
+        raise StarserveError(f"instance {config.instance_id}: {err}") from None
+    return engine, predictor

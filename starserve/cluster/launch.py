@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +28,7 @@ from starserve.cluster.types import (
     WorkerConfig,
 )
 from starserve.cluster.worker import InstanceWorker
+from starserve.errors import StarserveError
 from starserve.paths import REPO_ROOT
 
 log = logging.getLogger(__name__)
@@ -220,7 +222,7 @@ def launch_cluster(config: ClusterConfig, address: str | None = None) -> Cluster
         )
         for i in range(config.num_prefill + config.num_decode)
     ]
-    ray.get([actor.ready.remote() for actor in actors])
+    _wait_ready(actors, owns_ray)  # every engine has run a warm-up step (engine_factory)
     ray.get([actor.start.remote() for actor in actors])
     prefill, decode = actors[: config.num_prefill], actors[config.num_prefill :]
     return Cluster(
@@ -230,6 +232,23 @@ def launch_cluster(config: ClusterConfig, address: str | None = None) -> Cluster
         config=config,
         owns_ray=owns_ray,
     )
+
+
+def _wait_ready(actors: list[Any], owns_ray: bool) -> None:
+    """Wait for every instance; one whose engine cannot step fails start-up with its reason
+    (the StarserveError its constructor raised, as one line) instead of a Ray traceback."""
+    import ray
+
+    try:
+        ray.get([actor.ready.remote() for actor in actors])
+    except ray.exceptions.RayError as err:
+        for actor in actors:
+            ray.kill(actor)
+        if owns_ray:
+            ray.shutdown()
+        found = re.findall(r"StarserveError: (.+)", str(err))
+        reason = found[-1].strip() if found else str(err).strip().splitlines()[-1]
+        raise StarserveError(f"an instance failed to start: {reason}") from None
 
 
 def _start_controller(prefill: list[Any], decode: list[Any], config: ClusterConfig) -> Any:
