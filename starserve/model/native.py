@@ -4,8 +4,8 @@
   of gathering them into a contiguous copy every layer (see docs/engine.md);
 - `small_linear` is the matrix-vector product of a batch of 1-2 decode tokens in bfloat16,
   where the library GEMM is slower than reading the weights once;
-- `add_rms_norm` and `silu_mul` do a layer's element-wise work in one call each (bfloat16),
-  where PyTorch dispatches five to eight small operators.
+- `add_rms_norm` and `silu_mul` do a layer's element-wise work in one call each (bfloat16 and
+  float32), where PyTorch dispatches five to eight small operators.
 
 They are built with the system C compiler (`CC`, else `cc`) into `cache/native/` with the flags
 `starserve.hardware` chooses for the ISA level (`-march=native`, or exactly `-mavx2 -mfma` under
@@ -127,12 +127,28 @@ def _library() -> ctypes.CDLL | None:
     library.add_rms_norm.restype = None
     library.silu_mul.argtypes = [_ptr, _ptr, _i64, _i64, ctypes.c_int]
     library.silu_mul.restype = None
+    library.add_rms_norm_f32.argtypes = [_ptr, _ptr, _ptr, _ptr, _i64, _i64, ctypes.c_float]
+    library.add_rms_norm_f32.restype = None
+    library.silu_mul_f32.argtypes = [_ptr, _ptr, _i64, _i64]
+    library.silu_mul_f32.restype = None
+    library.vector_lanes.restype = ctypes.c_int
     return library
 
 
-def _bf16_library(*tensors: torch.Tensor) -> ctypes.CDLL | None:
-    """The kernels, when every tensor is a contiguous bfloat16 one and they are built."""
-    if all(t.dtype == torch.bfloat16 and t.is_contiguous() for t in tensors):
+def vector_lanes() -> int:
+    """Lanes of the vector path the built kernels take (16 AVX-512, 8 AVX2, 1 scalar; 0 = not
+    built): what `hardware`'s level chose, as compiled."""
+    library = _library()
+    return 0 if library is None else int(library.vector_lanes())
+
+
+def _cpu_library(*tensors: torch.Tensor) -> ctypes.CDLL | None:
+    """The kernels, when every tensor is a contiguous CPU tensor of one of their dtypes (all
+    the same) and they are built."""
+    dtype = tensors[0].dtype
+    if dtype in DTYPE_CODES and all(
+        t.dtype == dtype and t.is_contiguous() and t.device.type == "cpu" for t in tensors
+    ):
         return _library()
     return None
 
@@ -142,7 +158,7 @@ def add_rms_norm(
 ) -> torch.Tensor:
     """h += delta in place (when given); returns weight * rmsnorm(h), as `RMSNorm` computes it."""
     operands = (h, weight) if delta is None else (h, delta, weight)
-    library = _bf16_library(*operands)
+    library = _cpu_library(*operands)
     if library is None or h.dim() != 2:
         if delta is not None:
             h.add_(delta)
@@ -150,21 +166,30 @@ def add_rms_norm(
         x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)
         return weight * x32.to(h.dtype)
     out = torch.empty_like(h)
+    delta_ptr = None if delta is None else delta.data_ptr()
+    if h.dtype == torch.float32:
+        library.add_rms_norm_f32(
+            h.data_ptr(), delta_ptr, weight.data_ptr(), out.data_ptr(), h.shape[0], h.shape[1], eps
+        )
+        return out
     library.add_rms_norm(
-        h.data_ptr(), None if delta is None else delta.data_ptr(), weight.data_ptr(),
-        out.data_ptr(), h.shape[0], h.shape[1], eps, torch.get_num_threads(),
+        h.data_ptr(), delta_ptr, weight.data_ptr(), out.data_ptr(), h.shape[0], h.shape[1], eps,
+        torch.get_num_threads(),
     )  # fmt: skip
     return out
 
 
 def silu_mul(gate_up: torch.Tensor) -> torch.Tensor:
     """silu(gate) * up of the fused [M, 2I] gate|up product."""
-    library = _bf16_library(gate_up)
+    library = _cpu_library(gate_up)
     if library is None or gate_up.dim() != 2:
         gate, up = gate_up.chunk(2, dim=-1)
         return F.silu(gate) * up
     rows, width = gate_up.shape
     out = torch.empty(rows, width // 2, dtype=gate_up.dtype)
+    if gate_up.dtype == torch.float32:
+        library.silu_mul_f32(gate_up.data_ptr(), out.data_ptr(), rows, width // 2)
+        return out
     library.silu_mul(gate_up.data_ptr(), out.data_ptr(), rows, width // 2, torch.get_num_threads())
     return out
 

@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from starserve.hardware import cpu
 from starserve.model.attention import AttentionBatch, layer_attention
 from starserve.model.native import (
     NativeDecodeAttention,
@@ -14,6 +15,7 @@ from starserve.model.native import (
     decode_attention_kernel,
     linear,
     silu_mul,
+    vector_lanes,
 )
 
 H, KV, D, BLOCK = 9, 3, 64, 16
@@ -133,3 +135,30 @@ def test_fused_elementwise_match_torch_bfloat16(rows: int) -> None:
     gate_up = torch.randn(rows, 2 * 1536, generator=gen).bfloat16() * 4
     gate, up = gate_up.chunk(2, dim=-1)
     torch.testing.assert_close(silu_mul(gate_up), F.silu(gate) * up, rtol=2**-7, atol=1e-2)
+
+
+def test_the_kernels_take_the_vector_path_of_the_isa_level() -> None:
+    """-march=native at the CPU's level, exactly -mavx2 -mfma under STARSERVE_ISA=avx2: the
+    8-lane paths are what an AVX2-only CPU runs (the tests here then check their results)."""
+    expected = {"amx_bf16": 16, "avx512_bf16": 16, "avx512": 16, "avx2": 8, "scalar": 1}
+    if cpu().arch == "x86_64":
+        assert vector_lanes() == expected[cpu().isa]
+
+
+@pytest.mark.parametrize(("rows", "width"), [(1, 576), (5, 580)])
+def test_fused_elementwise_match_torch_float32(rows: int, width: int) -> None:
+    assert decode_attention_kernel() is not None, "the native kernels did not build"
+    gen = torch.Generator().manual_seed(rows)
+    h = torch.randn(rows, width, generator=gen)
+    delta = torch.randn(rows, width, generator=gen)
+    weight = torch.rand(width, generator=gen)
+    expected_h = h + delta
+    expected = weight * (expected_h * torch.rsqrt(expected_h.pow(2).mean(-1, keepdim=True) + 1e-5))
+    out = add_rms_norm(h, delta, weight, 1e-5)
+    assert torch.equal(h, expected_h)  # in place, one float32 addition per element as PyTorch
+    torch.testing.assert_close(out, expected, rtol=1e-6, atol=1e-6)
+    without_delta = add_rms_norm(h.clone(), None, weight, 1e-5)
+    torch.testing.assert_close(without_delta, expected, rtol=1e-6, atol=1e-6)
+    gate_up = torch.randn(rows, 2 * (width + 4), generator=gen) * 4
+    gate, up = gate_up.chunk(2, dim=-1)
+    torch.testing.assert_close(silu_mul(gate_up), F.silu(gate) * up, rtol=1e-6, atol=1e-6)

@@ -15,8 +15,10 @@
  *   out          [B, H*D]
  * dtype 0 = float32, 1 = bfloat16 (qkv, caches and out share it).
  *
- * Built by starserve/model/native.py with -O3 -march=native -fopenmp -ffp-contract=off; the
- * OpenMP runtime resolves to the one PyTorch already loaded, so both share one thread pool.
+ * Built by starserve/model/native.py with -O3 -fopenmp -ffp-contract=off and the ISA level's
+ * flags (-march=native, or -mavx2 -mfma): AVX-512 builds take the 16-lane paths, AVX2+FMA builds
+ * the 8-lane ones (VECTOR8), others the scalar loops. The OpenMP runtime resolves to the one
+ * PyTorch already loaded, so both share one thread pool.
  */
 #include <math.h>
 #include <omp.h>
@@ -106,6 +108,37 @@ static inline __m512 dot16(const float *q, const void *k_cache, int64_t k_index,
     }
     return sum16(acc);
 }
+#elif defined(VECTOR8)
+/* q . k_p for the 8 cache rows at rows[0..7], D % 8 == 0: eight independent FMA chains. */
+static inline __m256 dot8(const float *q, const void *k_cache, const int64_t *rows, int64_t D,
+                          int dtype) {
+    __m256 acc[8];
+    for (int p = 0; p < 8; p++) {
+        __m256 dot = _mm256_setzero_ps();
+        for (int64_t d = 0; d < D; d += 8)
+            dot = _mm256_fmadd_ps(_mm256_loadu_ps(q + d), load8(k_cache, rows[p] + d, dtype), dot);
+        acc[p] = dot;
+    }
+    return sum8(acc);
+}
+
+/* out_g = sum_j p_gj v_j for W = 8 * NV columns at a time, the G x NV sums in registers. */
+#define PV_COLUMNS(NV)                                                                         \
+    for (int64_t d = 0; d < D; d += 8 * (NV)) {                                                \
+        __m256 sums[8][NV];                                                                    \
+        for (int64_t g = 0; g < G; g++)                                                        \
+            for (int c = 0; c < (NV); c++) sums[g][c] = _mm256_setzero_ps();                  \
+        for (int64_t j = 0; j < context; j++) {                                                \
+            __m256 v[NV];                                                                      \
+            for (int c = 0; c < (NV); c++) v[c] = load8(v_cache, rows[j] + d + 8 * c, dtype);  \
+            for (int64_t g = 0; g < G; g++) {                                                  \
+                __m256 p = _mm256_set1_ps(scores[g * context + j]);                            \
+                for (int c = 0; c < (NV); c++) sums[g][c] = _mm256_fmadd_ps(p, v[c], sums[g][c]); \
+            }                                                                                  \
+        }                                                                                      \
+        for (int64_t g = 0; g < G; g++)                                                        \
+            for (int c = 0; c < (NV); c++) _mm256_storeu_ps(acc + g * D + d + 8 * c, sums[g][c]); \
+    }
 #endif
 
 /* Step 3 for token b and one KV head: the G query heads of its group attend over `context`
@@ -131,6 +164,13 @@ static void attend_group(const float *q, const void *k_cache, const void *v_cach
                                  _mm512_mul_ps(dot16(q + g * D, k_cache, rows[j], D, dtype),
                                                _mm512_set1_ps(scale)));
         }
+#elif defined(VECTOR8)
+    if (D % 8 == 0)
+        for (; j + 8 <= context; j += 8)
+            for (int64_t g = 0; g < G; g++)
+                _mm256_storeu_ps(scores + g * context + j,
+                                 _mm256_mul_ps(dot8(q + g * D, k_cache, rows + j, D, dtype),
+                                               _mm256_set1_ps(scale)));
 #endif
     for (; j < context; j++) {
         int64_t k_index = rows[j];
@@ -142,6 +182,17 @@ static void attend_group(const float *q, const void *k_cache, const void *v_cach
                     dot = _mm512_fmadd_ps(_mm512_loadu_ps(q + g * D + d),
                                           load16(k_cache, k_index + d, dtype), dot);
                 scores[g * context + j] = _mm512_reduce_add_ps(dot) * scale;
+            }
+            continue;
+        }
+#elif defined(VECTOR8)
+        if (D % 8 == 0) {
+            for (int64_t g = 0; g < G; g++) {
+                __m256 dot = _mm256_setzero_ps();
+                for (int64_t d = 0; d < D; d += 8)
+                    dot = _mm256_fmadd_ps(_mm256_loadu_ps(q + g * D + d),
+                                          load8(k_cache, k_index + d, dtype), dot);
+                scores[g * context + j] = hsum8(dot) * scale;
             }
             continue;
         }
@@ -166,6 +217,14 @@ static void attend_group(const float *q, const void *k_cache, const void *v_cach
             vsum = _mm512_add_ps(vsum, e);
         }
         sum = _mm512_reduce_add_ps(vsum);
+#elif defined(VECTOR8)
+        __m256 vsum = _mm256_setzero_ps(), vpeak = _mm256_set1_ps(peak);
+        for (; j + 8 <= context; j += 8) {
+            __m256 e = exp8(_mm256_sub_ps(_mm256_loadu_ps(row + j), vpeak));
+            _mm256_storeu_ps(row + j, e);
+            vsum = _mm256_add_ps(vsum, e);
+        }
+        sum = hsum8(vsum);
 #endif
         for (; j < context; j++) {
             row[j] = expf(row[j] - peak);
@@ -188,6 +247,14 @@ static void attend_group(const float *q, const void *k_cache, const void *v_cach
             for (int64_t g = 0; g < G; g++) _mm512_storeu_ps(acc + g * D + d, sums[g]);
         }
         context = 0; /* done: skip the general loop below */
+    }
+#elif defined(VECTOR8)
+    if (D % 32 == 0 && G <= 3) { /* 32 columns: 4 x G sums + 4 loads fit the 16 registers */
+        PV_COLUMNS(4)
+        context = 0;
+    } else if (D % 8 == 0 && G <= 8) {
+        PV_COLUMNS(1)
+        context = 0;
     }
 #endif
     for (int64_t j = 0; j < context; j++) {

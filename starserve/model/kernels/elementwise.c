@@ -1,4 +1,4 @@
-/* The decoder layer's element-wise work in one call each (bfloat16 path):
+/* The decoder layer's element-wise work in one call each (bfloat16, and float32: the *_f32 pair):
  *   add_rms_norm  h += delta (optional), out = weight * rmsnorm(h)
  *   silu_mul      out = silu(gate) * up, from the fused [M, 2I] gate|up product
  * In PyTorch each is five to eight small operator calls per layer, whose dispatch costs more than
@@ -81,4 +81,70 @@ void silu_mul(const uint16_t *gate_up, uint16_t *out, int64_t M, int64_t I, int 
             out[m * I + i] = float_to_bf16(bf16_rounded(g / (1.0f + expf(-g))) * bf16_to_float(up[i]));
         }
     }
+}
+
+/* float32: h [M, K] (updated in place when delta is given), delta [M, K] or NULL, weight [K],
+ * out [M, K]; out = weight * (h * (1 / sqrt(mean(h^2) + eps))), PyTorch's order of operations
+ * (the sum of squares is summed in another order: last-bit differences only). */
+void add_rms_norm_f32(float *h, const float *delta, const float *weight, float *out, int64_t M,
+                      int64_t K, float eps) {
+    for (int64_t m = 0; m < M; m++) {
+        float *row = h + m * K;
+        const float *add = delta ? delta + m * K : NULL;
+        float squares = 0.0f;
+        int64_t k0 = 0;
+#ifdef VECTOR8
+        __m256 sum = _mm256_setzero_ps();
+        for (; k0 + 8 <= K; k0 += 8) {
+            __m256 value = _mm256_loadu_ps(row + k0);
+            if (add) {
+                value = _mm256_add_ps(value, _mm256_loadu_ps(add + k0));
+                _mm256_storeu_ps(row + k0, value);
+            }
+            sum = _mm256_fmadd_ps(value, value, sum);
+        }
+        squares = hsum8(sum);
+#endif
+        for (int64_t k = k0; k < K; k++) {
+            if (add) row[k] += add[k];
+            squares += row[k] * row[k];
+        }
+        const float scale = 1.0f / sqrtf(squares / (float)K + eps);
+        k0 = 0;
+#ifdef VECTOR8
+        for (; k0 + 8 <= K; k0 += 8) {
+            __m256 normed = _mm256_mul_ps(_mm256_loadu_ps(row + k0), _mm256_set1_ps(scale));
+            _mm256_storeu_ps(out + m * K + k0, _mm256_mul_ps(_mm256_loadu_ps(weight + k0), normed));
+        }
+#endif
+        for (int64_t k = k0; k < K; k++) out[m * K + k] = weight[k] * (row[k] * scale);
+    }
+}
+
+/* float32 gate_up [M, 2I] (gate | up), out [M, I] = gate / (1 + exp(-gate)) * up. */
+void silu_mul_f32(const float *gate_up, float *out, int64_t M, int64_t I) {
+    for (int64_t m = 0; m < M; m++) {
+        const float *gate = gate_up + m * 2 * I, *up = gate + I;
+        int64_t i = 0;
+#ifdef VECTOR8
+        const __m256 one = _mm256_set1_ps(1.0f);
+        for (; i + 8 <= I; i += 8) {
+            __m256 g = _mm256_loadu_ps(gate + i);
+            __m256 silu = _mm256_div_ps(g, _mm256_add_ps(one, exp8(_mm256_sub_ps(_mm256_setzero_ps(), g))));
+            _mm256_storeu_ps(out + m * I + i, _mm256_mul_ps(silu, _mm256_loadu_ps(up + i)));
+        }
+#endif
+        for (; i < I; i++) out[m * I + i] = gate[i] / (1.0f + expf(-gate[i])) * up[i];
+    }
+}
+
+/* Which vector path this build takes (16 = AVX-512, 8 = AVX2+FMA, 1 = scalar), for the tests. */
+int vector_lanes(void) {
+#if defined(__AVX512F__)
+    return 16;
+#elif defined(VECTOR8)
+    return 8;
+#else
+    return 1;
+#endif
 }
