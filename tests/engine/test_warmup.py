@@ -47,3 +47,22 @@ def test_an_engine_that_cannot_step_fails_with_the_reason(weights) -> None:
     )  # fmt: skip
     with pytest.raises(StarserveError, match=r"^instance 3: the engine cannot run a step"):
         build_engine(config, broken)
+
+
+def test_bfloat16_runs_wherever_it_is_asked_for(chat_prompts, make_engine) -> None:
+    """Explicit bfloat16 on a CPU without native bfloat16 (or under STARSERVE_ISA=avx2): no
+    oneDNN packing, plain products, and the engine steps and agrees with float32 on the first
+    greedy token of real prompts (the issue's machine failed right here)."""
+    from starserve.hardware import cpu
+    from starserve.model import load_model
+
+    bf16 = load_model(None, "bfloat16")
+    engine = Engine(EngineConfig(dtype="bfloat16", num_kv_blocks=64), bf16)
+    warm_up(engine)
+    packed = bf16.model.layers[0].packed["qkv"]
+    assert (packed is not None) == cpu().bf16_weight_packing
+    params = SamplingParams(max_tokens=2, temperature=0, ignore_eos=True)
+    prompts = chat_prompts[:4]
+    first = [out.new_token_ids[0] for out in engine.generate(prompts, params)]
+    reference = [out.new_token_ids[0] for out in make_engine().generate(prompts, params)]
+    assert first == reference
