@@ -16,7 +16,6 @@ from typing import Any
 
 from starserve.cluster.config import ClusterConfig
 from starserve.cluster.controller import ClusterMetrics, Controller
-from starserve.cluster.migration import MigrationConfig
 from starserve.cluster.policies import bind_policy
 from starserve.cluster.types import (
     Handoff,
@@ -27,6 +26,7 @@ from starserve.cluster.types import (
     WorkerConfig,
 )
 from starserve.cluster.worker import InstanceWorker
+from starserve.mechanism.placement import PrefillPlacer
 from starserve.paths import REPO_ROOT
 
 log = logging.getLogger(__name__)
@@ -107,10 +107,8 @@ class ControllerActor:
             decode=[RayInstance(a, i) for a, i in zip(decode, decode_ids, strict=True)],
             policy=bind_policy(config.policy),
             poll_interval_s=config.poll_interval_ms / 1000,
-            migration=MigrationConfig(
-                max_stages=config.migration_max_stages,
-                final_stage_max_blocks=config.migration_final_stage_max_blocks,
-            ),
+            migration=config.migration_config(),
+            placer=PrefillPlacer.named(config.prefill_placement),
             max_concurrent_migrations=config.max_concurrent_migrations,
         )
 

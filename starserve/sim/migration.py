@@ -11,22 +11,11 @@ stage budget is spent.
 
 from __future__ import annotations
 
-import enum
 from dataclasses import dataclass
 
+from starserve.mechanism.migration import MigrationStatus
 from starserve.sim.decode import DecodeInstance
 from starserve.sim.request import RequestStatus, SimRequest
-
-
-class MigrationStatus(enum.IntEnum):
-    RUNNING = 0
-    FINISHED = 1
-    ABORTED_SRC = 2
-    ABORTED_DST = 3
-
-    @property
-    def is_aborted(self) -> bool:
-        return self in (MigrationStatus.ABORTED_SRC, MigrationStatus.ABORTED_DST)
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from starserve.mechanism.snapshot import WaitingRequest, aggregate_snapshot, build_snapshot
 from starserve.policy import InstanceSnapshot, NewRequest, PredictorKind, RequestLoad
 from starserve.sim.decode import DecodeInstance
 from starserve.sim.predictor import LogRatioSampler
@@ -74,9 +75,19 @@ class SimPredictor:
         )
 
 
+def _load(request: SimRequest, generated: int, predictor: SimPredictor) -> RequestLoad:
+    return RequestLoad(
+        request.request_id,
+        request.num_prompt_tokens + generated,
+        generated,
+        predictor.remaining(request, generated),
+    )
+
+
 def snapshot(
     instance: DecodeInstance, now_s: float, predictor: SimPredictor, is_migrating: bool
 ) -> InstanceSnapshot:
+    """The instance's snapshot under the shared contract (`starserve.mechanism.snapshot`)."""
     steps = instance.steps_done_at(now_s)
     remaining = predictor.remaining
     loads = []
@@ -91,43 +102,39 @@ def snapshot(
                     remaining(request, generated),
                 )
             )
-    incoming = []
-    for group in (instance.waiting, instance.transferring.values()):
-        for request in group:
-            generated = request.num_generated
-            incoming.append(
-                RequestLoad(
-                    request.request_id,
-                    request.num_prompt_tokens + generated,
-                    generated,
-                    remaining(request, generated),
-                )
-            )
-    free = instance.num_total_blocks - instance.num_used_blocks_after(steps)
-    waiting_blocks = instance.waiting_blocks() if instance.waiting else 0
-    return InstanceSnapshot(
-        instance_id=instance.instance_id,
-        block_size=instance.block_size,
-        num_total_blocks=instance.num_total_blocks,
-        num_free_blocks=free,
-        num_waiting=len(instance.waiting),
-        num_preempted=instance.num_preempted_waiting if instance.waiting else 0,
-        requests=tuple(loads),
-        is_migrating=is_migrating,
-        num_waiting_blocks=waiting_blocks,
-        incoming=tuple(incoming),
+    waiting = [
+        WaitingRequest(
+            _load(request, request.num_generated, predictor),
+            instance.blocks_for(request.num_prompt_tokens + request.num_generated),
+            request.needs_recompute,
+        )
+        for request in instance.waiting
+    ]
+    in_transfer = [
+        _load(request, request.num_generated, predictor)
+        for request in instance.transferring.values()
+    ]
+    return build_snapshot(
+        instance.instance_id,
+        instance.block_size,
+        instance.num_total_blocks,
+        instance.num_total_blocks - instance.num_used_blocks_after(steps),
+        tuple(loads),
+        waiting,
+        in_transfer,
+        is_migrating,
     )
 
 
 def light_snapshot(instance: DecodeInstance, now_s: float) -> InstanceSnapshot:
-    """Aggregates only (no per-request loads): enough for load-blind and KV-count policies."""
-    return InstanceSnapshot(
-        instance_id=instance.instance_id,
-        block_size=instance.block_size,
-        num_total_blocks=instance.num_total_blocks,
-        num_free_blocks=instance.num_total_blocks - instance.num_used_blocks_at(now_s),
-        num_waiting=len(instance.waiting),
-        num_preempted=instance.num_preempted_waiting if instance.waiting else 0,
-        requests=(),
-        num_waiting_blocks=instance.waiting_blocks() if instance.waiting else 0,
+    """Aggregates only (no per-request loads): for policies that read no more
+    (`PolicySpec.reads`)."""
+    return aggregate_snapshot(
+        instance.instance_id,
+        instance.block_size,
+        instance.num_total_blocks,
+        instance.num_total_blocks - instance.num_used_blocks_at(now_s),
+        len(instance.waiting),
+        instance.num_preempted_waiting if instance.waiting else 0,
+        instance.waiting_blocks() if instance.waiting else 0,
     )
