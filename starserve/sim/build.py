@@ -108,8 +108,7 @@ def build_cluster(
         bandwidth_bytes_per_s=cluster.migration_bandwidth_gb_per_s * 1e9,
         overhead_s=cluster.migration_overhead_ms / 1000.0,
         kv_bytes_per_token=kv_bytes,
-        max_stages=cluster.migration_max_stages,
-        last_stage_blocks=cluster.migration_final_stage_max_blocks,
+        config=cluster.migration_config(),
     )
     transfer_bw = cluster.kv_transfer_bandwidth_gb_per_s * 1e9
     transfer_overhead_s = cluster.kv_transfer_overhead_ms / 1000.0

@@ -39,6 +39,17 @@ class SimPredictor:
         predicted = (true_remaining + 1.0) * request.ratio_factor - 1.0
         return predicted if predicted > 0.0 else 0.0
 
+    def remaining_as_is(self, request: SimRequest, num_generated: int) -> float | None:
+        """The request's current prediction, aged to `num_generated` without a new draw (what
+        a migration destination holds: the prediction the last stage carried)."""
+        if self.kind == "none":
+            return None
+        true_remaining = request.num_output_tokens - num_generated
+        if self.kind == "oracle":
+            return float(true_remaining)
+        predicted = (true_remaining + 1.0) * request.ratio_factor - 1.0
+        return predicted if predicted > 0.0 else 0.0
+
     def _observe(self, request: SimRequest, num_generated: int) -> None:
         """Draw a new log ratio if the request's progress bucket changed, and note the
         generated counts over which the bucket stays (polls inside them skip this)."""
@@ -91,17 +102,16 @@ def snapshot(
     steps = instance.steps_done_at(now_s)
     remaining = predictor.remaining
     loads = []
-    if not is_migrating:  # policies skip migrating instances; save building their requests
-        for request in instance.running.values():
-            generated = request.generated_at_join + (steps - request.join_step)  # generated_at
-            loads.append(
-                RequestLoad(
-                    request.request_id,
-                    request.num_prompt_tokens + generated,
-                    generated,
-                    remaining(request, generated),
-                )
+    for request in instance.running.values():
+        generated = request.generated_at_join + (steps - request.join_step)  # generated_at
+        loads.append(
+            RequestLoad(
+                request.request_id,
+                request.num_prompt_tokens + generated,
+                generated,
+                remaining(request, generated),
             )
+        )
     waiting = [
         WaitingRequest(
             _load(request, request.num_generated, predictor),
@@ -114,6 +124,10 @@ def snapshot(
         _load(request, request.num_generated, predictor)
         for request in instance.transferring.values()
     ]
+    for request, context in instance.importing.values():
+        generated = context - request.num_prompt_tokens
+        prediction = predictor.remaining_as_is(request, generated)
+        in_transfer.append(RequestLoad(request.request_id, context, generated, prediction))
     return build_snapshot(
         instance.instance_id,
         instance.block_size,
