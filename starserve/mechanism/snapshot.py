@@ -51,18 +51,22 @@ def build_snapshot(
 
     `decoding`: the requests in the batch; `waiting`: those waiting for blocks, in queue
     order; `in_transfer`: those whose KV arrives (P->D hand-off or migration import)."""
-    incoming = tuple(w.load for w in waiting)
-    incoming += tuple(in_transfer)
+    incoming = tuple(in_transfer)
+    num_preempted = num_waiting_blocks = 0
+    if waiting:  # rare on a busy instance: the simulator takes snapshots by the million
+        incoming = tuple(w.load for w in waiting) + incoming
+        num_preempted = sum(1 for w in waiting if w.was_preempted)
+        num_waiting_blocks = sum(w.num_blocks_needed for w in waiting)
     return InstanceSnapshot(
         instance_id=instance_id,
         block_size=block_size,
         num_total_blocks=num_total_blocks,
         num_free_blocks=num_free_blocks,
         num_waiting=len(waiting),
-        num_preempted=sum(1 for w in waiting if w.was_preempted),
+        num_preempted=num_preempted,
         requests=decoding,
         is_migrating=is_migrating,
-        num_waiting_blocks=sum(w.num_blocks_needed for w in waiting),
+        num_waiting_blocks=num_waiting_blocks,
         incoming=incoming,
     )
 

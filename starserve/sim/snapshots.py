@@ -112,7 +112,20 @@ def snapshot(
                 remaining(request, generated),
             )
         )
-    waiting = [
+    return build_snapshot(
+        instance.instance_id,
+        instance.block_size,
+        instance.num_total_blocks,
+        instance.num_total_blocks - instance.num_used_blocks_after(steps),
+        tuple(loads),
+        _waiting(instance, predictor) if instance.waiting else (),
+        _in_transfer(instance, predictor) if instance.transferring or instance.importing else (),
+        is_migrating,
+    )
+
+
+def _waiting(instance: DecodeInstance, predictor: SimPredictor) -> list[WaitingRequest]:
+    return [
         WaitingRequest(
             _load(request, request.num_generated, predictor),
             instance.blocks_for(request.num_prompt_tokens + request.num_generated),
@@ -120,24 +133,19 @@ def snapshot(
         )
         for request in instance.waiting
     ]
-    in_transfer = [
+
+
+def _in_transfer(instance: DecodeInstance, predictor: SimPredictor) -> list[RequestLoad]:
+    """P->D transfers, then migrations into the instance (as of their last stage sent)."""
+    loads = [
         _load(request, request.num_generated, predictor)
         for request in instance.transferring.values()
     ]
     for request, context in instance.importing.values():
         generated = context - request.num_prompt_tokens
         prediction = predictor.remaining_as_is(request, generated)
-        in_transfer.append(RequestLoad(request.request_id, context, generated, prediction))
-    return build_snapshot(
-        instance.instance_id,
-        instance.block_size,
-        instance.num_total_blocks,
-        instance.num_total_blocks - instance.num_used_blocks_after(steps),
-        tuple(loads),
-        waiting,
-        in_transfer,
-        is_migrating,
-    )
+        loads.append(RequestLoad(request.request_id, context, generated, prediction))
+    return loads
 
 
 def light_snapshot(instance: DecodeInstance, now_s: float) -> InstanceSnapshot:
