@@ -6,13 +6,16 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from starserve.config import Settings
 from starserve.hardware import resolve_dtype
+from starserve.mechanism.config import ClusterConfig as SharedClusterConfig
+from starserve.policy.registry import get_policy
 
 
-class ClusterConfig(Settings):
-    num_prefill: int = Field(1, ge=1, description="prefill instances (Ray actors)")
-    num_decode: int = Field(2, ge=1, description="decode instances (Ray actors)")
+class ServeClusterConfig(SharedClusterConfig):
+    """A live cluster: the shared cluster fields (`starserve.mechanism.config`) plus what
+    real instances run on. Old keys (`num_prefill`, `num_decode`, `poll_interval_ms`) are
+    still accepted."""
+
     policy: str = Field("star", description="dispatch + rebalancing policy (starserve.policy)")
     model: str | None = Field(None, description="GGUF file or HF folder; None = bundled SmolLM2")
     dtype: Literal["auto", "float32", "bfloat16"] = Field(
@@ -22,17 +25,31 @@ class ClusterConfig(Settings):
     )
     predictor: str | None = Field(None, description="predictor folder; None = the shipped one")
     use_predictor: bool = Field(True, description="False: no predictions (current load only)")
-    poll_interval_ms: float = Field(50.0, gt=0, description="controller polling period")
     num_cpus_per_instance: float = Field(1.0, gt=0, description="Ray CPU share per instance")
     engine: dict[str, Any] = Field(
         default_factory=dict, description="extra EngineConfig fields for every instance"
     )
-    migration_max_stages: int = Field(3, ge=1, description="stages including the final one")
-    migration_final_stage_max_blocks: int = Field(16, ge=0, description="final-stage size")
     max_concurrent_migrations: int = Field(1, ge=1, description="migrations in flight at once")
+
+    @property
+    def num_prefill(self) -> int:
+        return self.num_prefill_instances
+
+    @property
+    def num_decode(self) -> int:
+        return self.num_decode_instances
+
+    @property
+    def poll_interval_ms(self) -> float:
+        """The polling period in ms (the policy's own when `poll_interval_s` is unset)."""
+        return 1000.0 * (self.poll_interval_s or get_policy(self.policy).poll_interval_s)
 
     def engine_overrides(self) -> dict[str, Any]:
         overrides = {"dtype": resolve_dtype(self.dtype), **self.engine}
         if self.model is not None:
             overrides["model"] = self.model
         return overrides
+
+
+# the old name of ServeClusterConfig (imports in the server, CLI, tests and benches)
+ClusterConfig = ServeClusterConfig

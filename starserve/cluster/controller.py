@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import itertools
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
@@ -16,6 +15,7 @@ from starserve.cluster.handles import InstanceHandle
 from starserve.cluster.migration import Migration, MigrationConfig
 from starserve.cluster.policies import ControllerPolicy
 from starserve.cluster.types import InstancePoll, MigrationRecord, MigrationStatus
+from starserve.mechanism.placement import PrefillPlacer
 from starserve.policy.types import InstanceSnapshot, MigrationDecision, NewRequest, RequestLoad
 
 log = logging.getLogger(__name__)
@@ -50,12 +50,15 @@ class Controller:
     _records: list[MigrationRecord] = field(default_factory=list)
     _aborted: dict[str, None] = field(default_factory=dict)  # insertion-ordered set
     _num_started: int = 0
-    _prefill_rr: Any = None
+    placer: PrefillPlacer = field(default_factory=PrefillPlacer.named)
+    _prefill_queued_tokens: list[int] = field(default_factory=list)  # sent, not prefilled yet
+    # hand-offs whose KV is on its way to a decode instance (only the controller knows them)
+    _in_transfer: dict[int, dict[str, RequestLoad]] = field(default_factory=dict)
     _task: asyncio.Task[None] | None = None
     _migration_tasks: set[asyncio.Task[MigrationRecord]] = field(default_factory=set)
 
     def __post_init__(self) -> None:
-        self._prefill_rr = itertools.cycle(range(len(self.prefill)))
+        self._prefill_queued_tokens = [0] * len(self.prefill)
 
     # --- lifecycle -----------------------------------------------------------------------
     async def start(self) -> None:
@@ -94,48 +97,60 @@ class Controller:
 
     def decode_snapshots(self) -> list[InstanceSnapshot]:
         return [
-            dataclasses.replace(
-                self._polls[h.instance_id].snapshot, is_migrating=h.instance_id in self._migrating
-            )
+            self._with_controller_view(self._polls[h.instance_id].snapshot)
             for h in self.decode
             if h.instance_id in self._polls
         ]
 
+    def _with_controller_view(self, snap: InstanceSnapshot) -> InstanceSnapshot:
+        """The worker's snapshot plus what only the controller knows: whether the instance
+        takes part in a migration, and hand-offs whose KV travels to it (incoming, their
+        blocks as good as reserved, as the snapshot contract counts a transfer)."""
+        known = {r.request_id for r in (*snap.requests, *snap.incoming)}
+        loads = [
+            load
+            for rid, load in self._in_transfer.get(snap.instance_id, {}).items()
+            if rid not in known
+        ]
+        blocks = sum(-(-load.num_context_tokens // snap.block_size) for load in loads)
+        return dataclasses.replace(
+            snap,
+            is_migrating=snap.instance_id in self._migrating,
+            incoming=(*snap.incoming, *loads) if loads else snap.incoming,
+            num_free_blocks=snap.num_free_blocks - blocks,
+        )
+
     # --- serving -------------------------------------------------------------------------
     async def submit(self, request_id: str, prompt: list[int], params: Any) -> None:
-        """Prefill, then hand the request to the decode instance the policy picks."""
-        prefill = self.prefill[next(self._prefill_rr)]
-        handoff, payload = await prefill.prefill(request_id, prompt, params)
+        """Prefill where the placement says, then hand the request (KV and prediction) to
+        the decode instance the policy picks."""
+        index = self.placer.choose(self._prefill_queued_tokens)
+        self._prefill_queued_tokens[index] += len(prompt)
+        try:
+            handoff, payload = await self.prefill[index].prefill(request_id, prompt, params)
+        finally:
+            self._prefill_queued_tokens[index] -= len(prompt)
         if handoff.finished or request_id in self._aborted:
             return
         new = NewRequest(request_id, handoff.num_prompt_tokens, handoff.predicted_output_tokens)
+        load = RequestLoad(
+            request_id, handoff.num_prompt_tokens + 1, 1, new.predicted_output_tokens
+        )
         while True:
-            target = self._decode_by_id(self._dispatch(new))
+            instance_id = self.policy.dispatch(self.decode_snapshots(), new)
+            target = self._decode_by_id(instance_id)
+            in_transfer = self._in_transfer.setdefault(instance_id, {})
+            in_transfer[request_id] = load
             try:
                 await target.import_request(payload)
+                await self._poll([target])  # the worker reports it from now on
                 return
             except Exception as err:  # EngineFullError crosses Ray wrapped: match by name
                 if "EngineFullError" not in f"{type(err).__name__} {err}":
                     raise
+            finally:
+                in_transfer.pop(request_id, None)
             await asyncio.sleep(IMPORT_RETRY_S)
-
-    def _dispatch(self, new: NewRequest) -> int:
-        """The policy's choice over the latest snapshots; until the next poll, that instance's
-        snapshot lists the request as incoming (dispatched, not decoding yet), so a burst of
-        arrivals does not all land on one instance."""
-        instance_id = self.policy.dispatch(self.decode_snapshots(), new)
-        poll = self._polls[instance_id]
-        snap = poll.snapshot
-        num_tokens = new.num_prompt_tokens + 1
-        load = RequestLoad(new.request_id, num_tokens, 1, new.predicted_output_tokens)
-        patched = dataclasses.replace(
-            snap,
-            incoming=(*snap.incoming, load),
-            num_waiting=snap.num_waiting + 1,
-            num_waiting_blocks=snap.num_waiting_blocks + -(-num_tokens // snap.block_size),
-        )
-        self._polls[instance_id] = dataclasses.replace(poll, snapshot=patched)
-        return instance_id
 
     async def _poll_decode(self) -> None:
         await self._poll(self.decode)

@@ -17,7 +17,6 @@ from typing import Any
 
 from starserve.cluster.config import ClusterConfig
 from starserve.cluster.controller import ClusterMetrics, Controller
-from starserve.cluster.migration import MigrationConfig
 from starserve.cluster.policies import bind_policy
 from starserve.cluster.types import (
     Handoff,
@@ -29,6 +28,7 @@ from starserve.cluster.types import (
 )
 from starserve.cluster.worker import InstanceWorker
 from starserve.errors import StarserveError
+from starserve.mechanism.placement import PrefillPlacer
 from starserve.paths import REPO_ROOT
 
 log = logging.getLogger(__name__)
@@ -109,10 +109,8 @@ class ControllerActor:
             decode=[RayInstance(a, i) for a, i in zip(decode, decode_ids, strict=True)],
             policy=bind_policy(config.policy),
             poll_interval_s=config.poll_interval_ms / 1000,
-            migration=MigrationConfig(
-                max_stages=config.migration_max_stages,
-                final_stage_max_blocks=config.migration_final_stage_max_blocks,
-            ),
+            migration=config.migration_config(),
+            placer=PrefillPlacer.named(config.prefill_placement),
             max_concurrent_migrations=config.max_concurrent_migrations,
         )
 

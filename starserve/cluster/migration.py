@@ -2,10 +2,11 @@
 
 Stages: the source exports its KV blocks while it keeps decoding (stage 0 = everything, later
 stages = only blocks that were incomplete at the previous export) and the destination copies
-them into a reservation. When a stage is small enough (or after `max_stages - 1` stages) the
-final stage pauses the request on the source, sends the rest, commits on the destination and
-frees the source. Every abort path rolls back: the destination frees its reservation and the
-source resumes the request, so it finishes there with nothing lost.
+them into a reservation. The final stage pauses the request on the source, sends the rest,
+commits on the destination and frees the source. Which stage comes next is the shared rule
+`starserve.mechanism.migration.next_stage` (the simulator's driver follows it too). Every
+abort path rolls back: the destination frees its reservation and the source resumes the
+request, so it finishes there with nothing lost.
 
 The machine only sees the two small async protocols below; the cluster adapts Ray actors to
 them and tests adapt in-process workers, so this module imports no Ray.
@@ -16,10 +17,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from starserve.cluster.types import MigrationRecord, MigrationStatus, StageInfo
+from starserve.cluster.types import MigrationRecord, StageInfo
+from starserve.mechanism.migration import MigrationConfig, MigrationStatus, StageAction, next_stage
 
 log = logging.getLogger(__name__)
 
@@ -70,13 +72,6 @@ class MigrationDestination(Protocol):
         ...
 
 
-@dataclass(frozen=True, slots=True)
-class MigrationConfig:
-    max_stages: int = 3  # including the final, paused stage (Llumnix's default)
-    final_stage_max_blocks: int = 16  # go final once a stage is this small
-    reserve_headroom_tokens: int = 64  # growth allowed while the incremental stages run
-
-
 class _Abort(Exception):
     def __init__(self, status: MigrationStatus, reason: str):
         super().__init__(reason)
@@ -99,6 +94,7 @@ class Migration:
     reserved: bool = False
     paused: bool = False
     pause_s: float = 0.0
+    actions: list[StageAction] = field(default_factory=list)  # each stage's, in order
 
     async def run(self) -> MigrationRecord:
         reason = ""
@@ -126,26 +122,35 @@ class Migration:
         )
 
     async def _copy_stages(self) -> None:
-        info, payload = await self._export(None)
+        last: StageInfo | None = None
+        while True:
+            blocks = 0 if last is None else last.num_kv_blocks
+            action = next_stage(self.num_stages, blocks, self.config)
+            self.actions.append(action)
+            if action is not StageAction.COPY:
+                break
+            info, payload = await self._export(None if last is None else last.stage)
+            if last is None:
+                await self._reserve(info)
+            await self._dst(self.dst.write_stage(payload))
+            last = info
+        await self._final_stage(last)
+
+    async def _reserve(self, info: StageInfo) -> None:
         if not await self._dst(self.dst.reserve(self.request_id, self._reserve_tokens(info))):
             raise _Abort(MigrationStatus.ABORTED_DST, "destination has no room")
         self.reserved = True
-        await self._dst(self.dst.write_stage(payload))
-        while (
-            self.num_stages < self.config.max_stages - 1
-            and info.num_kv_blocks > self.config.final_stage_max_blocks
-        ):
-            info, payload = await self._export(info.stage)
-            await self._dst(self.dst.write_stage(payload))
-        await self._final_stage(info)
 
-    async def _final_stage(self, last: StageInfo) -> None:
-        final = await self._src(self.src.pause_and_export(self.request_id, last.stage))
+    async def _final_stage(self, last: StageInfo | None) -> None:
+        since = None if last is None else last.stage
+        final = await self._src(self.src.pause_and_export(self.request_id, since))
         if final is None:
             raise _Abort(MigrationStatus.ABORTED_SRC, "request finished on the source")
         self.paused = True
         self.num_stages += 1
         paused_at = time.perf_counter()
+        if not self.reserved:  # stop-and-copy: nothing was copied before the pause
+            await self._reserve(final[0])
         await self._dst(self.dst.commit(final[1]))
         self.pause_s = time.perf_counter() - paused_at
         self.paused = False  # the destination owns it now; never resume on the source

@@ -8,7 +8,8 @@ from typing import Any
 
 from starserve.cluster.locking import CallFirstLock
 from starserve.cluster.predictions import PredictionTable
-from starserve.cluster.types import StageInfo
+from starserve.cluster.types import KvTransfer, StageInfo
+from starserve.policy.types import RequestLoad
 
 FAULTS = ("reserve", "write_stage", "commit")  # test hooks: make that destination call fail
 
@@ -23,27 +24,31 @@ class MigrationEndpoint:
     _lock: CallFirstLock
     _wakeup: threading.Event
     _faults: set[str]
+    _importing: dict[str, RequestLoad]
 
     # --- source side ----------------------------------------------------------
     def export_stage(
         self, request_id: str, since_stage: int | None
-    ) -> tuple[StageInfo | None, Any]:
-        """(stage info, KV snapshot), or (None, None) when the request is not running here."""
+    ) -> tuple[StageInfo | None, KvTransfer | None]:
+        """(stage info, KV snapshot with the request's prediction), or (None, None) when the
+        request is not running here."""
         with self._lock:
             if not self._is_running(request_id):
                 return None, None
             return self._export_locked(request_id, since_stage)
 
-    def _export_locked(self, request_id: str, since_stage: int | None) -> tuple[StageInfo, Any]:
+    def _export_locked(
+        self, request_id: str, since_stage: int | None
+    ) -> tuple[StageInfo, KvTransfer]:
         snap = self.engine.export_request(request_id, since_stage)
         info = StageInfo(
             stage=snap.stage, num_tokens=len(snap.token_ids), num_kv_blocks=snap.num_blocks
         )
-        return info, snap
+        return info, KvTransfer(snap, self.predictions.get(request_id))
 
     def pause_and_export(
         self, request_id: str, since_stage: int | None
-    ) -> tuple[StageInfo | None, Any]:
+    ) -> tuple[StageInfo | None, KvTransfer | None]:
         """Pause the request and export the final stage under one lock: (None, None) when it
         is no longer running here."""
         with self._lock:
@@ -81,17 +86,31 @@ class MigrationEndpoint:
         with self._lock:
             return bool(self.engine.reserve_import(request_id, num_tokens))
 
-    def write_stage(self, snapshot: Any) -> None:
+    def write_stage(self, transfer: KvTransfer) -> None:
         self._maybe_fail("write_stage")
         with self._lock:
-            self.engine.write_import_stage(snapshot)
+            self.engine.write_import_stage(transfer.kv)
+            self._importing[transfer.kv.request_id] = _incoming_load(transfer)
 
-    def commit(self, snapshot: Any) -> None:
+    def commit(self, transfer: KvTransfer) -> None:
         self._maybe_fail("commit")
+        request_id = transfer.kv.request_id
         with self._lock:
-            self.engine.commit_import(snapshot)  # writes the final stage too
+            self.engine.commit_import(transfer.kv)  # writes the final stage too
+            self._importing.pop(request_id, None)
+            self.predictions.seed(request_id, transfer.prediction)
             self._wakeup.set()
 
     def abort_import(self, request_id: str) -> None:
         with self._lock:
             self.engine.abort_import(request_id)
+            self._importing.pop(request_id, None)
+
+
+def _incoming_load(transfer: KvTransfer) -> RequestLoad:
+    """A request being imported, as of the last stage written here."""
+    kv = transfer.kv
+    num_generated = len(kv.token_ids) - kv.num_prompt_tokens
+    prediction = transfer.prediction
+    remaining = None if prediction is None else prediction.aged(num_generated)
+    return RequestLoad(kv.request_id, len(kv.token_ids), num_generated, remaining)

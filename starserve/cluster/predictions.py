@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
+from starserve.mechanism.prediction import Prediction
 
-@dataclass(slots=True)
-class _Prediction:
-    remaining_tokens: float
-    at_generated_tokens: int
+_Prediction = Prediction  # the old private name
 
 
 class PredictionTable:
@@ -22,7 +19,7 @@ class PredictionTable:
 
     def __init__(self, predictor: Any | None):
         self.predictor = predictor
-        self._table: dict[str, _Prediction] = {}
+        self._table: dict[str, Prediction] = {}
 
     def observe(self, outputs: list[Any]) -> None:
         if self.predictor is None:
@@ -37,7 +34,7 @@ class PredictionTable:
         with torch.no_grad():
             remaining = self.predictor.predict(hidden, generated)
         for out, value in zip(tapped, remaining.tolist(), strict=True):
-            self._table[out.request_id] = _Prediction(float(value), out.num_generated_tokens)
+            self._table[out.request_id] = Prediction(float(value), out.num_generated_tokens)
 
     def remaining(
         self, request_id: str, num_generated_tokens: int, budget: int | None = None
@@ -45,10 +42,16 @@ class PredictionTable:
         """The aged prediction, never above `budget` (what max_tokens and the context still
         allow the request to generate: a known bound no prediction should exceed)."""
         pred = self._table.get(request_id)
-        if pred is None:
-            return None
-        aged = max(0.0, pred.remaining_tokens - (num_generated_tokens - pred.at_generated_tokens))
-        return aged if budget is None else min(aged, float(budget))
+        return None if pred is None else pred.aged(num_generated_tokens, budget)
+
+    def get(self, request_id: str) -> Prediction | None:
+        """The latest prediction as made (it travels with the request when it moves)."""
+        return self._table.get(request_id)
+
+    def seed(self, request_id: str, prediction: Prediction | None) -> None:
+        """Adopt the prediction an arriving request carries (a later tap replaces it)."""
+        if prediction is not None:
+            self._table[request_id] = prediction
 
     def forget(self, request_id: str) -> None:
         self._table.pop(request_id, None)

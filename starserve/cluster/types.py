@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import enum
 from dataclasses import dataclass, field
 from typing import Any
 
+from starserve.mechanism.migration import MigrationStatus
+from starserve.mechanism.prediction import Prediction
 from starserve.policy.types import InstanceSnapshot
 
 
@@ -26,19 +27,6 @@ class OutputChunk:
     num_prompt_tokens: int
     instance_id: int  # who produced it (for metrics and tests)
     error: str | None = None  # set when the request failed inside the cluster
-
-
-class MigrationStatus(enum.Enum):
-    """Where a migration ended; RUNNING only while it is in flight."""
-
-    RUNNING = "running"
-    FINISHED = "finished"  # committed on the destination, freed on the source
-    ABORTED_SRC = "aborted_src"  # the request finished or vanished on the source mid-copy
-    ABORTED_DST = "aborted_dst"  # the destination lacked room, failed or died
-
-    @property
-    def is_aborted(self) -> bool:
-        return self in (MigrationStatus.ABORTED_SRC, MigrationStatus.ABORTED_DST)
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,7 +69,17 @@ class Handoff:
     request_id: str
     num_prompt_tokens: int
     finished: bool  # the first token already ended it: nothing to hand off
-    predicted_output_tokens: float | None
+    predicted_output_tokens: float | None  # the prediction below, aged and capped for dispatch
+    prediction: Prediction | None = None  # travels on with the KV (KvTransfer)
+
+
+@dataclass(frozen=True, slots=True)
+class KvTransfer:
+    """What moves a request's state between instances: the engine's KV snapshot and the
+    request's latest prediction, so the receiving instance knows it from the first step."""
+
+    kv: Any  # starserve.engine.RequestSnapshot (or a test engine's)
+    prediction: Prediction | None
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,7 +16,8 @@ from typing import Any
 from starserve.cluster.locking import CallFirstLock
 from starserve.cluster.migration_endpoint import MigrationEndpoint
 from starserve.cluster.predictions import PredictionTable
-from starserve.cluster.types import Handoff, InstancePoll, OutputChunk, WorkerConfig
+from starserve.cluster.types import Handoff, InstancePoll, KvTransfer, OutputChunk, WorkerConfig
+from starserve.mechanism.snapshot import WaitingRequest, build_snapshot
 from starserve.policy.types import InstanceSnapshot, RequestLoad
 
 log = logging.getLogger(__name__)
@@ -50,6 +51,7 @@ class InstanceWorker(MigrationEndpoint):
         self._out_cond = threading.Condition()
         self._pending: dict[str, _Pending] = {}
         self._faults: set[str] = set()
+        self._importing: dict[str, RequestLoad] = {}  # migration imports, by the last stage
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.num_steps = 0
@@ -156,8 +158,11 @@ class InstanceWorker(MigrationEndpoint):
             self.engine.add_request(request_id, prompt, params)
             self._wakeup.set()
 
-    def prefill(self, request_id: str, prompt: list[int], params: Any) -> tuple[Handoff, Any]:
-        """Compute the first token, then export the request's KV and free it here."""
+    def prefill(
+        self, request_id: str, prompt: list[int], params: Any
+    ) -> tuple[Handoff, KvTransfer | None]:
+        """Compute the first token, then export the request's KV (with its prediction) and
+        free it here."""
         pending = _Pending()
         with self._lock:
             self._pending[request_id] = pending
@@ -176,8 +181,9 @@ class InstanceWorker(MigrationEndpoint):
     def _hand_off(self, out: Any) -> None:
         pending = self._pending.pop(out.request_id)
         budget = self._token_budget(out.request_id)
+        prediction = self.predictions.get(out.request_id)
         if not out.finished:
-            pending.snapshot = self.engine.export_request(out.request_id)
+            pending.snapshot = KvTransfer(self.engine.export_request(out.request_id), prediction)
             self.engine.release_request(out.request_id)
         pending.handoff = Handoff(
             request_id=out.request_id,
@@ -186,6 +192,7 @@ class InstanceWorker(MigrationEndpoint):
             predicted_output_tokens=self.predictions.remaining(
                 out.request_id, 1, None if budget is None else budget + 1
             ),
+            prediction=prediction,
         )
         self.predictions.forget(out.request_id)
         pending.event.set()
@@ -193,10 +200,12 @@ class InstanceWorker(MigrationEndpoint):
     def _token_budget(self, request_id: str) -> int | None:
         return next((row[3] for row in self.engine.stats().requests if row[0] == request_id), None)
 
-    def import_request(self, snapshot: Any) -> None:
-        """Continue a prefilled request here (EngineFullError when there is no room)."""
+    def import_request(self, transfer: KvTransfer) -> None:
+        """Continue a prefilled request here, with the prediction it carries (EngineFullError
+        when there is no room)."""
         with self._lock:
-            self.engine.import_request(snapshot)
+            self.engine.import_request(transfer.kv)
+            self.predictions.seed(transfer.kv.request_id, transfer.prediction)
             self._wakeup.set()
 
     def can_import(self, num_tokens: int) -> bool:
@@ -222,25 +231,37 @@ class InstanceWorker(MigrationEndpoint):
         return chunks
 
     def snapshot(self) -> InstanceSnapshot:
-        with self._lock:
+        """This instance under the shared snapshot contract (`starserve.mechanism.snapshot`):
+        running requests decode, waiting ones and migration imports are incoming, a request
+        paused by its final migration stage is in neither."""
+        with self._lock:  # the stepping thread updates predictions under it
             stats = self.engine.stats()
-            loads = tuple(
-                RequestLoad(
-                    request_id=rid,
-                    num_context_tokens=ctx,
-                    num_generated_tokens=gen,
-                    predicted_remaining_tokens=self.predictions.remaining(rid, gen, budget),
-                )
+            importing = tuple(self._importing.values())
+            loads = {
+                rid: RequestLoad(rid, ctx, gen, self.predictions.remaining(rid, gen, budget))
                 for rid, ctx, gen, budget in stats.requests
+            }
+        preempted = dict(stats.waiting)  # request id -> was preempted, in queue order
+        paused = set(stats.paused)
+        waiting = [
+            WaitingRequest(
+                loads[rid],
+                -(-loads[rid].num_context_tokens // stats.block_size),
+                was_preempted,
             )
-        return InstanceSnapshot(
-            instance_id=self.instance_id,
-            block_size=stats.block_size,
-            num_total_blocks=stats.num_total_blocks,
-            num_free_blocks=stats.num_free_blocks,
-            num_waiting=stats.num_waiting,
-            num_preempted=stats.num_preempted,
-            requests=loads,
+            for rid, was_preempted in preempted.items()
+        ]
+        decoding = tuple(
+            load for rid, load in loads.items() if rid not in preempted and rid not in paused
+        )
+        return build_snapshot(
+            self.instance_id,
+            stats.block_size,
+            stats.num_total_blocks,
+            stats.num_free_blocks,
+            decoding,
+            waiting,
+            importing,
         )
 
     def stats(self) -> Any:

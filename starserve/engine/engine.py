@@ -263,4 +263,8 @@ class Engine(MigrationMixin):
                 for rid, seq in self.seqs.items()
             ),
             last_step_time_s=self.last_step_time_s,
+            waiting=tuple((seq.request_id, seq.was_preempted) for seq in waiting),
+            paused=tuple(
+                rid for rid, seq in self.seqs.items() if seq.status is SequenceStatus.PAUSED
+            ),
         )

@@ -77,3 +77,7 @@ class EngineStats:
     # (request_id, context tokens, generated tokens, tokens it may still generate at most)
     requests: tuple[tuple[str, int, int, int], ...]
     last_step_time_s: float
+    # (request_id, was preempted) of the waiting queue, in order; requests paused by a
+    # migration's final stage (both are among `requests`)
+    waiting: tuple[tuple[str, bool], ...] = ()
+    paused: tuple[str, ...] = ()

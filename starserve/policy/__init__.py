@@ -9,6 +9,7 @@ from starserve.policy.registry import (
     PolicyRunner,
     PolicySpec,
     PredictorKind,
+    SnapshotReads,
     get_policy,
     parse_policy_list,
 )
@@ -23,6 +24,7 @@ __all__ = [
     "PolicySpec",
     "PredictorKind",
     "RequestLoad",
+    "SnapshotReads",
     "get_policy",
     "parse_policy_list",
 ]

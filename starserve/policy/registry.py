@@ -19,6 +19,11 @@ from starserve.policy.types import InstanceSnapshot, MigrationDecision, NewReque
 # What fills RequestLoad.predicted_remaining_tokens: nothing, the predictor, or the truth.
 PredictorKind = Literal["none", "model", "oracle"]
 
+# What a policy's dispatch reads of a snapshot: nothing (load-blind), the aggregates (block and
+# queue counts), or the per-request loads too. Drivers may skip building what is not read; its
+# rebalancing, when it migrates, always reads requests.
+SnapshotReads = Literal["nothing", "aggregates", "requests"]
+
 # Llumnix polls instance loads every 50 ms (llumnix `--polling-interval` default 0.05 s).
 DEFAULT_POLL_INTERVAL_S = 0.05
 
@@ -33,6 +38,7 @@ class PolicySpec:
     predictor: PredictorKind
     description: str
     poll_interval_s: float = DEFAULT_POLL_INTERVAL_S
+    reads: SnapshotReads = "requests"  # what dispatch reads (the safe default: everything)
 
     @property
     def dispatch(self) -> DispatchFn:
@@ -78,9 +84,14 @@ class PolicyRunner:
 
 
 def _spec(
-    name: str, dispatch: str, rebalance: str, predictor: PredictorKind, text: str
+    name: str,
+    dispatch: str,
+    rebalance: str,
+    predictor: PredictorKind,
+    text: str,
+    reads: SnapshotReads = "requests",
 ) -> PolicySpec:
-    return PolicySpec(name, dispatch, rebalance, predictor, text)
+    return PolicySpec(name, dispatch, rebalance, predictor, text, reads=reads)
 
 
 POLICIES: dict[str, PolicySpec] = {
@@ -92,6 +103,7 @@ POLICIES: dict[str, PolicySpec] = {
             "none",
             "none",
             "static PD: round-robin dispatch, no migration (vLLM's proxy)",
+            reads="nothing",
         ),
         _spec(
             "least_current_load",
@@ -99,6 +111,7 @@ POLICIES: dict[str, PolicySpec] = {
             "none",
             "none",
             "dispatch to the fewest KV tokens in use, no migration (llm-d, SGLang, Dynamo)",
+            reads="aggregates",
         ),
         _spec(
             "least_predicted_load",

@@ -29,7 +29,7 @@ class InstanceSnapshot:
     num_free_blocks: int
     num_waiting: int
     num_preempted: int  # waiting requests that were preempted (Llumnix treats them as overload)
-    requests: tuple[RequestLoad, ...]  # running requests
+    requests: tuple[RequestLoad, ...]  # decoding requests (contract: starserve.mechanism.snapshot)
     is_migrating: bool = False  # a migration in flight with this instance as source or dest
     num_waiting_blocks: int = 0  # KV blocks the waiting (incl. preempted) requests will need
     # requests dispatched here that do not decode yet (waiting for blocks, preempted, or KV in

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from starserve.errors import StarserveError
+from starserve.mechanism.placement import PrefillPlacer
 from starserve.paths import ASSETS_DIR
 from starserve.policy import PolicySpec
 from starserve.sim.cluster import ClusterSim, Timeline
@@ -107,8 +108,7 @@ def build_cluster(
         bandwidth_bytes_per_s=cluster.migration_bandwidth_gb_per_s * 1e9,
         overhead_s=cluster.migration_overhead_ms / 1000.0,
         kv_bytes_per_token=kv_bytes,
-        max_stages=cluster.migration_max_stages,
-        last_stage_blocks=cluster.migration_last_stage_blocks,
+        config=cluster.migration_config(),
     )
     transfer_bw = cluster.kv_transfer_bandwidth_gb_per_s * 1e9
     transfer_overhead_s = cluster.kv_transfer_overhead_ms / 1000.0
@@ -127,4 +127,5 @@ def build_cluster(
         poll_interval_s=cluster.poll_interval_s or policy.poll_interval_s,
         timeline=Timeline(timeline_interval_s),
         requests=to_sim_requests(requests, max_context),
+        placer=PrefillPlacer.named(cluster.prefill_placement),
     )

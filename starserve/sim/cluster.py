@@ -15,9 +15,9 @@ import heapq
 import itertools
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from operator import attrgetter
 from typing import Any
 
+from starserve.mechanism.placement import PrefillPlacer
 from starserve.policy import InstanceSnapshot, PolicyRunner, PolicySpec
 from starserve.sim.decode import DecodeInstance
 from starserve.sim.migration import Migration, MigrationLink, MigrationStatus
@@ -25,12 +25,9 @@ from starserve.sim.prefill import PrefillInstance
 from starserve.sim.request import RequestStatus, SimRequest
 from starserve.sim.snapshots import SimPredictor, light_snapshot, snapshot
 
-LIGHT_DISPATCH = {"least_current_load"}  # aggregates suffice
-BLIND_DISPATCH = {"round_robin"}  # reads nothing but the instance list
 # an event: (time, sequence number, handler, payload); the unique sequence number breaks time
 # ties in push order (arrivals first, in request order) and keeps handlers out of comparisons
 Event = tuple[float, int, Callable[[Any], None], object]
-_prefill_queue_key = attrgetter("num_queued_tokens", "instance_id")
 
 
 @contextlib.contextmanager
@@ -79,6 +76,7 @@ class ClusterSim:
     requests: list[SimRequest]
     # passive listener called after every event (tests check invariants with it)
     on_event: Callable[[ClusterSim], None] | None = None
+    placer: PrefillPlacer = field(default_factory=PrefillPlacer.named)
     runner: PolicyRunner = field(init=False)
     now_s: float = 0.0
     migrations: MigrationStats = field(default_factory=MigrationStats)
@@ -134,7 +132,7 @@ class ClusterSim:
     # ---- request flow ------------------------------------------------------------------
     def _on_arrival(self, request: SimRequest) -> None:
         self._push_next_arrival()
-        target = min(self.prefill, key=_prefill_queue_key)
+        target = self.prefill[self.placer.choose([i.num_queued_tokens for i in self.prefill])]
         target.enqueue(request)
         self._start_prefill(target)
 
@@ -164,14 +162,15 @@ class ClusterSim:
 
     def _dispatch_snapshots(self) -> Sequence[InstanceSnapshot]:
         """Snapshots at most one poll interval old, as a polling controller holds them."""
-        if self.policy.dispatch_name in BLIND_DISPATCH:
+        reads = self.policy.reads  # what dispatch reads: build no more than that
+        if reads == "nothing":
             if self._blind_snapshots is None:  # built once: nothing in it is read
                 self._blind_snapshots = tuple(light_snapshot(i, self.now_s) for i in self.decode)
             return self._blind_snapshots
         if self.now_s - self._dispatch_cache_time_s > self.poll_interval_s:
             self._dispatch_cache.clear()
             self._dispatch_cache_time_s = self.now_s
-        light = self.policy.dispatch_name in LIGHT_DISPATCH
+        light = reads == "aggregates"
         cache = self._dispatch_cache
         for instance in self.decode:
             if instance.instance_id not in cache:

@@ -7,19 +7,21 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from starserve.config import Settings
+from starserve.mechanism.config import ClusterConfig as SharedClusterConfig
 from starserve.sim.hardware import GPUS, MODELS
 
 
-class ClusterConfig(Settings):
-    """Hardware and engine settings of the simulated PD cluster."""
+class SimClusterConfig(SharedClusterConfig):
+    """Hardware and engine settings of the simulated PD cluster (the shared cluster fields
+    come from `starserve.mechanism.config.ClusterConfig`)."""
 
     model: str = Field(
         default="llama3-8b", description="model shape (starserve.sim.hardware.MODELS)"
     )
     gpu: str = Field(default="h100", description="GPU kind (starserve.sim.hardware.GPUS)")
     tensor_parallel: int = Field(default=1, ge=1, le=8, description="GPUs per instance")
-    num_prefill_instances: int = Field(default=2, ge=1)
-    num_decode_instances: int = Field(default=4, ge=1, le=4096)
+    num_prefill_instances: int = Field(default=2, ge=1, description="prefill instances")
+    num_decode_instances: int = Field(default=4, ge=1, le=4096, description="decode instances")
     block_size: int = Field(default=16, ge=1, description="tokens per KV block (vLLM default 16)")
     gpu_memory_utilization: float = Field(default=0.9, gt=0, le=1, description="vLLM default 0.9")
     kv_capacity_tokens: int | None = Field(
@@ -42,23 +44,19 @@ class ClusterConfig(Settings):
     )
     migration_bandwidth_gb_per_s: float = Field(default=50.0, gt=0, description="D->D link (GB/s)")
     migration_overhead_ms: float = Field(default=5.0, ge=0, description="fixed cost per migration")
-    migration_max_stages: int = Field(default=3, ge=1, description="Llumnix: at most 3 copy stages")
-    migration_last_stage_blocks: int = Field(
-        default=16,
-        ge=0,
-        description="Llumnix: final (stalling) stage once <= this many blocks remain",
-    )
-    poll_interval_s: float | None = Field(
-        default=None, gt=0, description="rebalance polling period (default: the policy's, 50 ms)"
-    )
 
     @model_validator(mode="after")
-    def _known_names(self) -> ClusterConfig:
+    def _known_names(self) -> SimClusterConfig:
         if self.model not in MODELS:
             raise ValueError(f"unknown model {self.model!r}; known: {', '.join(MODELS)}")
         if self.gpu not in GPUS:
             raise ValueError(f"unknown gpu {self.gpu!r}; known: {', '.join(GPUS)}")
         return self
+
+
+# the old name of SimClusterConfig (imports in tests and benches); the shared concept is
+# starserve.mechanism.config.ClusterConfig, which SimClusterConfig extends
+ClusterConfig = SimClusterConfig
 
 
 class WorkloadConfig(Settings):
@@ -108,7 +106,7 @@ class RateSearchConfig(Settings):
 class Scenario(Settings):
     name: str
     description: str = ""
-    cluster: ClusterConfig = ClusterConfig()
+    cluster: SimClusterConfig = SimClusterConfig()
     workload: WorkloadConfig = WorkloadConfig()
     predictor: PredictorConfig = PredictorConfig()
     slos: SloConfig

@@ -37,6 +37,8 @@ class DecodeInstance:
     running: dict[str, SimRequest] = field(default_factory=dict)
     waiting: deque[SimRequest] = field(default_factory=deque)
     transferring: dict[str, SimRequest] = field(default_factory=dict)  # P->D KV in flight
+    # migrations into this instance: the request and its context as of the last stage sent
+    importing: dict[str, tuple[SimRequest, int]] = field(default_factory=dict)
     steps_done: int = 0
     num_kv_tokens: int = 0  # K: context tokens of the running sequences
     num_reserved_blocks: int = 0  # incoming P->D transfers and migrations

@@ -5,28 +5,24 @@ request leaves the source's batch; only the blocks written since the last stage 
 FINISHED (the request joins the destination's batch), or ABORTED_SRC (the request finished or
 was preempted on the source) / ABORTED_DST (the destination ran out of blocks), both of which
 roll back the destination's reservation. A stage copies the tokens written since the last
-stage start; the final stage starts once at most `last_stage_blocks` blocks remain or the
-stage budget is spent.
+stage start. Which stage comes next is the shared rule
+`starserve.mechanism.migration.next_stage`, the one the live cluster's driver follows.
 """
 
 from __future__ import annotations
 
-import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from starserve.mechanism.migration import (
+    MigrationConfig,
+    MigrationStatus,
+    StageAction,
+    abort_status,
+    next_stage,
+    num_stage_blocks,
+)
 from starserve.sim.decode import DecodeInstance
 from starserve.sim.request import RequestStatus, SimRequest
-
-
-class MigrationStatus(enum.IntEnum):
-    RUNNING = 0
-    FINISHED = 1
-    ABORTED_SRC = 2
-    ABORTED_DST = 3
-
-    @property
-    def is_aborted(self) -> bool:
-        return self in (MigrationStatus.ABORTED_SRC, MigrationStatus.ABORTED_DST)
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,8 +30,7 @@ class MigrationLink:
     bandwidth_bytes_per_s: float
     overhead_s: float
     kv_bytes_per_token: int
-    max_stages: int
-    last_stage_blocks: int
+    config: MigrationConfig
 
     def copy_s(self, num_tokens: int) -> float:
         return num_tokens * self.kv_bytes_per_token / self.bandwidth_bytes_per_s
@@ -48,10 +43,12 @@ class Migration:
     dst: DecodeInstance
     link: MigrationLink
     status: MigrationStatus = MigrationStatus.RUNNING
-    stage: int = 0
+    stage: int = 0  # stages begun
     is_final_stage: bool = False
     num_copied_tokens: int = 0
     num_reserved_blocks: int = 0
+    num_last_stage_blocks: int = 0  # KV blocks the latest stage carries
+    actions: list[StageAction] = field(default_factory=list)  # each stage's, in order
 
     def _context_now(self) -> int:
         return self.request.context_at(self.src.steps_done)
@@ -68,60 +65,67 @@ class Migration:
         return True
 
     def _abort(self, status: MigrationStatus) -> None:
-        if self.stage:
+        if self.stage:  # stage 1 began with a reservation (a seat at least)
             self.dst.release(self.num_reserved_blocks, 1)
+        self.dst.importing.pop(self.request.request_id, None)
         self.num_reserved_blocks = 0
         self.status = status
         self.request.migrating = False
 
-    def start(self) -> float | None:
-        """Reserve on the destination and begin stage 1; its duration, or None if aborted.
-        The source must be synced to the current step boundary."""
-        if (
-            self.request.status is not RequestStatus.RUNNING
-            or self.request.instance_id != self.src.instance_id
-        ):
-            self._abort(MigrationStatus.ABORTED_SRC)
-            return None
-        context = self._context_now()
-        if not self._reserve_up_to(context):
-            self.status = MigrationStatus.ABORTED_DST
-            return None
-        self.request.migrating = True
-        self.stage = 1
-        self.num_copied_tokens = context
-        return self.link.overhead_s + self.link.copy_s(context)
-
-    def on_stage_end(self) -> float | None:
-        """A non-final stage ended (source synced): next stage's duration, None if aborted.
-        Sets `is_final_stage` when the next stage stalls the request."""
+    def _next_action(self) -> tuple[StageAction, int]:
+        """Ask the shared stage rule, reserving on the destination for the context now; the
+        action and that context."""
         request = self.request
-        if (
-            request.status is not RequestStatus.RUNNING
-            or request.instance_id != self.src.instance_id
-        ):
-            self._abort(MigrationStatus.ABORTED_SRC)
-            return None
-        context = self._context_now()
+        running = (
+            request.status is RequestStatus.RUNNING and request.instance_id == self.src.instance_id
+        )
+        context = self._context_now() if running else 0
+        has_room = running and self._reserve_up_to(context)
+        action = next_stage(
+            self.stage, self.num_last_stage_blocks, self.link.config, running, has_room
+        )
+        if action is StageAction.ABORT:
+            self._abort(abort_status(running))
+        return action, context
+
+    def _begin_stage(self, action: StageAction, context: int) -> float:
+        """Start a copy or the final stage carrying the tokens since the last one; its
+        copy time."""
+        self.actions.append(action)
         new_tokens = context - self.num_copied_tokens
-        if not self._reserve_up_to(context):
-            self._abort(MigrationStatus.ABORTED_DST)
-            return None
-        final = (
-            self.stage >= self.link.max_stages
-            or self.dst.blocks_for(new_tokens) - 1 <= self.link.last_stage_blocks
+        self.num_last_stage_blocks = num_stage_blocks(
+            context, self.num_copied_tokens, self.dst.block_size
         )
         self.stage += 1
         self.num_copied_tokens = context
-        if final:
+        self.dst.importing[self.request.request_id] = (self.request, context)
+        if action is StageAction.FINAL:
             self.is_final_stage = True
-            self.src.leave(request)
-            request.status = RequestStatus.MIGRATION_STALLED
+            self.src.leave(self.request)
+            self.request.status = RequestStatus.MIGRATION_STALLED
         return self.link.copy_s(new_tokens)
+
+    def start(self) -> float | None:
+        """Reserve on the destination and begin stage 1; its duration, or None if aborted.
+        The source must be synced to the current step boundary."""
+        action, context = self._next_action()
+        if action is StageAction.ABORT:
+            return None
+        self.request.migrating = True
+        return self.link.overhead_s + self._begin_stage(action, context)
+
+    def on_stage_end(self) -> float | None:
+        """A copy stage ended (source synced): the next stage's duration, None if aborted.
+        Sets `is_final_stage` when the next stage stalls the request."""
+        action, context = self._next_action()
+        if action is StageAction.ABORT:
+            return None
+        return self._begin_stage(action, context)
 
     def finish(self) -> None:
         """The final stage ended (destination synced): the request decodes on the destination."""
         self.dst.release(self.num_reserved_blocks, 1)
+        self.dst.importing.pop(self.request.request_id, None)
         self.num_reserved_blocks = 0
         self.request.migrating = False
         self.request.num_migrations += 1

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from starserve.mechanism.snapshot import WaitingRequest, aggregate_snapshot, build_snapshot
 from starserve.policy import InstanceSnapshot, NewRequest, PredictorKind, RequestLoad
 from starserve.sim.decode import DecodeInstance
 from starserve.sim.predictor import LogRatioSampler
@@ -35,6 +36,17 @@ class SimPredictor:
         if not request.ratio_from_generated <= num_generated < request.ratio_until_generated:
             self._observe(request, num_generated)
         # predicted_from_log_ratio with exp(r) cached on the request (max(0.0, .) spelled out)
+        predicted = (true_remaining + 1.0) * request.ratio_factor - 1.0
+        return predicted if predicted > 0.0 else 0.0
+
+    def remaining_as_is(self, request: SimRequest, num_generated: int) -> float | None:
+        """The request's current prediction, aged to `num_generated` without a new draw (what
+        a migration destination holds: the prediction the last stage carried)."""
+        if self.kind == "none":
+            return None
+        true_remaining = request.num_output_tokens - num_generated
+        if self.kind == "oracle":
+            return float(true_remaining)
         predicted = (true_remaining + 1.0) * request.ratio_factor - 1.0
         return predicted if predicted > 0.0 else 0.0
 
@@ -74,60 +86,77 @@ class SimPredictor:
         )
 
 
-def snapshot(
-    instance: DecodeInstance, now_s: float, predictor: SimPredictor, is_migrating: bool
-) -> InstanceSnapshot:
-    steps = instance.steps_done_at(now_s)
-    remaining = predictor.remaining
-    loads = []
-    if not is_migrating:  # policies skip migrating instances; save building their requests
-        for request in instance.running.values():
-            generated = request.generated_at_join + (steps - request.join_step)  # generated_at
-            loads.append(
-                RequestLoad(
-                    request.request_id,
-                    request.num_prompt_tokens + generated,
-                    generated,
-                    remaining(request, generated),
-                )
-            )
-    incoming = []
-    for group in (instance.waiting, instance.transferring.values()):
-        for request in group:
-            generated = request.num_generated
-            incoming.append(
-                RequestLoad(
-                    request.request_id,
-                    request.num_prompt_tokens + generated,
-                    generated,
-                    remaining(request, generated),
-                )
-            )
-    free = instance.num_total_blocks - instance.num_used_blocks_after(steps)
-    waiting_blocks = instance.waiting_blocks() if instance.waiting else 0
-    return InstanceSnapshot(
-        instance_id=instance.instance_id,
-        block_size=instance.block_size,
-        num_total_blocks=instance.num_total_blocks,
-        num_free_blocks=free,
-        num_waiting=len(instance.waiting),
-        num_preempted=instance.num_preempted_waiting if instance.waiting else 0,
-        requests=tuple(loads),
-        is_migrating=is_migrating,
-        num_waiting_blocks=waiting_blocks,
-        incoming=tuple(incoming),
+def _load(request: SimRequest, generated: int, predictor: SimPredictor) -> RequestLoad:
+    return RequestLoad(
+        request.request_id,
+        request.num_prompt_tokens + generated,
+        generated,
+        predictor.remaining(request, generated),
     )
 
 
+def snapshot(
+    instance: DecodeInstance, now_s: float, predictor: SimPredictor, is_migrating: bool
+) -> InstanceSnapshot:
+    """The instance's snapshot under the shared contract (`starserve.mechanism.snapshot`)."""
+    steps = instance.steps_done_at(now_s)
+    remaining = predictor.remaining
+    loads = []
+    for request in instance.running.values():
+        generated = request.generated_at_join + (steps - request.join_step)  # generated_at
+        loads.append(
+            RequestLoad(
+                request.request_id,
+                request.num_prompt_tokens + generated,
+                generated,
+                remaining(request, generated),
+            )
+        )
+    return build_snapshot(
+        instance.instance_id,
+        instance.block_size,
+        instance.num_total_blocks,
+        instance.num_total_blocks - instance.num_used_blocks_after(steps),
+        tuple(loads),
+        _waiting(instance, predictor) if instance.waiting else (),
+        _in_transfer(instance, predictor) if instance.transferring or instance.importing else (),
+        is_migrating,
+    )
+
+
+def _waiting(instance: DecodeInstance, predictor: SimPredictor) -> list[WaitingRequest]:
+    return [
+        WaitingRequest(
+            _load(request, request.num_generated, predictor),
+            instance.blocks_for(request.num_prompt_tokens + request.num_generated),
+            request.needs_recompute,
+        )
+        for request in instance.waiting
+    ]
+
+
+def _in_transfer(instance: DecodeInstance, predictor: SimPredictor) -> list[RequestLoad]:
+    """P->D transfers, then migrations into the instance (as of their last stage sent)."""
+    loads = [
+        _load(request, request.num_generated, predictor)
+        for request in instance.transferring.values()
+    ]
+    for request, context in instance.importing.values():
+        generated = context - request.num_prompt_tokens
+        prediction = predictor.remaining_as_is(request, generated)
+        loads.append(RequestLoad(request.request_id, context, generated, prediction))
+    return loads
+
+
 def light_snapshot(instance: DecodeInstance, now_s: float) -> InstanceSnapshot:
-    """Aggregates only (no per-request loads): enough for load-blind and KV-count policies."""
-    return InstanceSnapshot(
-        instance_id=instance.instance_id,
-        block_size=instance.block_size,
-        num_total_blocks=instance.num_total_blocks,
-        num_free_blocks=instance.num_total_blocks - instance.num_used_blocks_at(now_s),
-        num_waiting=len(instance.waiting),
-        num_preempted=instance.num_preempted_waiting if instance.waiting else 0,
-        requests=(),
-        num_waiting_blocks=instance.waiting_blocks() if instance.waiting else 0,
+    """Aggregates only (no per-request loads): for policies that read no more
+    (`PolicySpec.reads`)."""
+    return aggregate_snapshot(
+        instance.instance_id,
+        instance.block_size,
+        instance.num_total_blocks,
+        instance.num_total_blocks - instance.num_used_blocks_at(now_s),
+        len(instance.waiting),
+        instance.num_preempted_waiting if instance.waiting else 0,
+        instance.waiting_blocks() if instance.waiting else 0,
     )

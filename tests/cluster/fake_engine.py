@@ -63,6 +63,8 @@ class FakeStats:
     num_preemptions_total: int
     requests: tuple[tuple[str, int, int, int], ...]
     last_step_time_s: float = 0.0
+    waiting: tuple[tuple[str, bool], ...] = ()  # this fake never queues
+    paused: tuple[str, ...] = ()
 
 
 @dataclass(slots=True)
@@ -154,6 +156,7 @@ class FakeEngine:
                 )
                 for r in running
             ),
+            paused=tuple(r.request_id for r in running if r.paused),
         )
 
     # --- migration ---

@@ -117,3 +117,43 @@ def test_abort_frees_the_request_wherever_it_is() -> None:
     finally:
         for worker in made:
             worker.stop()
+
+
+def test_dispatch_sees_every_request_dispatched_before() -> None:
+    """Hand-offs in transfer are incoming on their instance (the controller's part of the
+    snapshot contract) until the worker reports them, so a burst never vanishes from view
+    between polls. The decode workers never step, so nothing finishes meanwhile."""
+    made = [InstanceWorker(WorkerConfig(i), engine=FakeEngine(num_blocks=256)) for i in range(3)]
+    made[0].start()  # only the prefill worker steps
+    dispatched: list[str] = []
+    unseen: list[set[str]] = []
+
+    def recording_herd(snapshots: Sequence[InstanceSnapshot], request: NewRequest) -> int:
+        visible = {r.request_id for s in snapshots for r in (*s.requests, *s.incoming)}
+        unseen.append(set(dispatched) - visible)
+        dispatched.append(request.request_id)
+        return snapshots[0].instance_id
+
+    controller = Controller(
+        prefill=[LocalInstance(made[0])],
+        decode=[LocalInstance(made[1]), LocalInstance(made[2])],
+        policy=FunctionPolicy("recording_herd", recording_herd, lambda s: []),
+        poll_interval_s=0.002,  # polls land while hand-offs are in transfer
+    )
+
+    async def run() -> None:
+        await controller.start()
+        prompts = {f"b{i}": [4 + i, 9, 13, 6] * 3 for i in range(6)}
+        await asyncio.gather(*(controller.submit(r, p, FakeParams(60)) for r, p in prompts.items()))
+        await controller.stop()
+
+    try:
+        asyncio.run(run())
+    finally:
+        for worker in made:
+            worker.stop()
+    assert len(dispatched) == 6
+    assert unseen == [set()] * 6
+    final = controller.decode_snapshots()[0]
+    assert {r.request_id for r in final.requests} == set(dispatched)
+    assert final.incoming == ()
