@@ -8,6 +8,7 @@ decode instance, so the bytes never pass through the controller.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 import os
@@ -20,6 +21,7 @@ from starserve.cluster.migration import MigrationConfig
 from starserve.cluster.policies import bind_policy
 from starserve.cluster.types import (
     Handoff,
+    InstanceDiedError,
     InstancePoll,
     MigrationRecord,
     OutputChunk,
@@ -32,32 +34,52 @@ from starserve.paths import REPO_ROOT
 log = logging.getLogger(__name__)
 
 MAX_ACTOR_CONCURRENCY = 1024  # blocking prefill calls wait in actor threads
+RESTART_POLL_S = 0.5  # how often a restart asks whether the new actor process is up
 
 
 class RayInstance:
-    """An instance actor behind the async `InstanceHandle` interface."""
+    """An instance actor behind the async `InstanceHandle` interface. Ray's actor-death
+    errors become `InstanceDiedError`, so the controller needs no Ray to recognise them."""
 
     def __init__(self, actor: Any, instance_id: int):
         self.actor = actor
         self.instance_id = instance_id
 
+    async def _await(self, ref: Any) -> Any:
+        from ray.exceptions import RayActorError
+
+        try:
+            return await ref
+        except RayActorError as err:  # died, or unreachable while it restarts
+            raise InstanceDiedError(self.instance_id, type(err).__name__) from None
+
+    async def _call(self, method: str, *args: Any) -> Any:
+        return await self._await(getattr(self.actor, method).remote(*args))
+
     async def prefill(self, request_id: str, prompt: list[int], params: Any) -> tuple[Handoff, Any]:
         handoff_ref, snapshot_ref = self.actor.prefill.options(num_returns=2).remote(
             request_id, prompt, params
         )
-        return await handoff_ref, snapshot_ref
+        return await self._await(handoff_ref), snapshot_ref
 
-    async def import_request(self, payload: Any) -> None:
-        await self.actor.import_request.remote(payload)
+    async def import_request(self, payload: Any) -> bool:
+        return bool(await self._call("import_request", payload))
+
+    async def replay(
+        self, request_id: str, prompt: list[int], generated: list[int], params: Any
+    ) -> bool:
+        return bool(await self._call("replay", request_id, prompt, generated, params))
 
     async def poll(self) -> InstancePoll:
-        return await self.actor.poll.remote()
+        result: InstancePoll = await self._call("poll")
+        return result
 
     async def abort(self, request_id: str) -> None:
-        await self.actor.abort.remote(request_id)
+        await self._call("abort", request_id)
 
     async def wait_outputs(self, timeout_s: float) -> list[OutputChunk]:
-        return await self.actor.wait_outputs.remote(timeout_s)
+        result: list[OutputChunk] = await self._call("wait_outputs", timeout_s)
+        return result
 
     async def export_stage(
         self, request_id: str, since_stage: int | None
@@ -74,26 +96,45 @@ class RayInstance:
     ) -> tuple[StageInfo, Any] | None:
         remote = getattr(self.actor, method).options(num_returns=2).remote
         info_ref, snapshot_ref = remote(request_id, since_stage)
-        info = await info_ref
+        info = await self._await(info_ref)
         return None if info is None else (info, snapshot_ref)
 
     async def resume(self, request_id: str) -> None:
-        await self.actor.resume.remote(request_id)
+        await self._call("resume", request_id)
 
     async def release(self, request_id: str) -> None:
-        await self.actor.release.remote(request_id)
+        await self._call("release", request_id)
 
     async def reserve(self, request_id: str, num_tokens: int) -> bool:
-        return bool(await self.actor.reserve.remote(request_id, num_tokens))
+        return bool(await self._call("reserve", request_id, num_tokens))
 
     async def write_stage(self, payload: Any) -> None:
-        await self.actor.write_stage.remote(payload)
+        await self._call("write_stage", payload)
 
     async def commit(self, payload: Any) -> None:
-        await self.actor.commit.remote(payload)
+        await self._call("commit", payload)
+
+    async def grow_reservation(self, request_id: str, num_tokens: int) -> bool:
+        return bool(await self._call("grow_reservation", request_id, num_tokens))
 
     async def abort_import(self, request_id: str) -> None:
-        await self.actor.abort_import.remote(request_id)
+        await self._call("abort_import", request_id)
+
+    async def restart(self, kill: bool) -> None:
+        """Bring a dead instance back: Ray restarts a crashed actor by itself (max_restarts);
+        a hung one is killed first. Returns once the new process answers a warm-up step."""
+        import ray
+
+        if kill:
+            ray.kill(self.actor, no_restart=False)
+        while True:
+            try:
+                await self.actor.ready.remote()
+                break
+            except ray.exceptions.RayActorError:  # still restarting
+                await asyncio.sleep(RESTART_POLL_S)
+        await self.actor.start.remote()
+        await self.actor.warm_up.remote()
 
 
 class ControllerActor:
@@ -110,8 +151,12 @@ class ControllerActor:
             migration=MigrationConfig(
                 max_stages=config.migration_max_stages,
                 final_stage_max_blocks=config.migration_final_stage_max_blocks,
+                stage_timeout_s=config.migration_stage_timeout_s,
+                pause_timeout_s=config.migration_pause_timeout_s,
             ),
             max_concurrent_migrations=config.max_concurrent_migrations,
+            instance_timeout_s=config.instance_timeout_s,
+            place_timeout_s=config.place_timeout_s,
         )
 
     async def start(self) -> None:
@@ -121,6 +166,14 @@ class ControllerActor:
 
     async def submit(self, request_id: str, prompt: list[int], params: Any) -> None:
         await self.controller.submit(request_id, prompt, params)
+
+    async def resume(
+        self, request_id: str, prompt: list[int], generated: list[int], params: Any
+    ) -> None:
+        await self.controller.resume(request_id, prompt, generated, params)
+
+    async def wait_lost(self, timeout_s: float) -> list[str]:
+        return await self.controller.wait_lost(timeout_s)
 
     async def abort(self, request_id: str) -> None:
         await self.controller.abort(request_id)
@@ -206,7 +259,9 @@ def launch_cluster(config: ClusterConfig, address: str | None = None) -> Cluster
     owns_ray = _init_ray(config, address)
     weights_ref = ray.put(_load_weights(config))  # load once; every instance unpickles a copy
     worker_cls = ray.remote(InstanceWorker).options(
-        num_cpus=config.num_cpus_per_instance, max_concurrency=MAX_ACTOR_CONCURRENCY
+        num_cpus=config.num_cpus_per_instance,
+        max_concurrency=MAX_ACTOR_CONCURRENCY,
+        max_restarts=config.instance_max_restarts,  # a crashed instance comes back (health.py)
     )
     actors: list[Any] = [
         worker_cls.remote(

@@ -92,6 +92,15 @@ class MigrationEndpoint:
             self.engine.commit_import(snapshot)  # writes the final stage too
             self._wakeup.set()
 
+    def grow_reservation(self, request_id: str, num_tokens: int) -> bool:
+        with self._lock:
+            return bool(self.engine.grow_import(request_id, num_tokens))
+
     def abort_import(self, request_id: str) -> None:
+        """Free the reservation; a commit that landed after its caller gave up (deadline) is
+        dropped silently too: the request goes on at the source."""
         with self._lock:
             self.engine.abort_import(request_id)
+            if any(row[0] == request_id for row in self.engine.stats().requests):
+                self.engine.release_request(request_id)
+        self.predictions.forget(request_id)

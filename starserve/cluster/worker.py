@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import threading
 from dataclasses import dataclass, field
 from typing import Any
@@ -68,6 +69,10 @@ class InstanceWorker(MigrationEndpoint):
 
     def ready(self) -> int:
         return self.instance_id
+
+    def pid(self) -> int:
+        """The process this instance runs in (fault tests kill it)."""
+        return os.getpid()
 
     def _loop(self) -> None:
         while not self._stop.is_set():
@@ -193,11 +198,43 @@ class InstanceWorker(MigrationEndpoint):
     def _token_budget(self, request_id: str) -> int | None:
         return next((row[3] for row in self.engine.stats().requests if row[0] == request_id), None)
 
-    def import_request(self, snapshot: Any) -> None:
-        """Continue a prefilled request here (EngineFullError when there is no room)."""
+    def import_request(self, snapshot: Any) -> bool:
+        """Continue a prefilled request here; False (nothing taken) when there is no room.
+
+        "Full" is a status, not an exception: it crosses Ray as a plain bool, so callers never
+        match an error by its name."""
+        from starserve.engine import EngineFullError
+
         with self._lock:
-            self.engine.import_request(snapshot)
+            try:
+                self.engine.import_request(snapshot)
+            except EngineFullError:
+                return False
             self._wakeup.set()
+        return True
+
+    def replay(self, request_id: str, prompt: list[int], generated: list[int], params: Any) -> bool:
+        """Token replay of a request whose instance died: recompute prompt + `generated` and
+        continue from the next token. False (nothing taken) when there is no room now."""
+        num_tokens = len(prompt) + len(generated) + 1
+        with self._lock:
+            if not self.engine.can_import(num_tokens):
+                return False
+            self.engine.replay_request(request_id, prompt, generated, params)
+            self._wakeup.set()
+        return True
+
+    def warm_up(self) -> int:
+        """One real engine step on a throwaway request: an instance (re)joins the policies'
+        view only once it has computed a token."""
+        from starserve.engine import SamplingParams
+
+        request_id = f"warm-up-{self.instance_id}"
+        with self._lock:
+            self.engine.add_request(request_id, [0], SamplingParams(max_tokens=1, temperature=0))
+            while request_id in self.engine.seqs:
+                self.step_locked()  # publishes other requests' tokens as usual
+        return self.instance_id
 
     def can_import(self, num_tokens: int) -> bool:
         with self._lock:
