@@ -155,6 +155,10 @@ class InstanceWorker(MigrationEndpoint):
         """The context length this instance accepts (prompt + output tokens)."""
         return int(self.engine.max_model_len)
 
+    def vocab_size(self) -> int:
+        """Prompt token ids must lie in [0, vocab_size) (the server checks before admitting)."""
+        return int(self.engine.weights.config.vocab_size)
+
     def add_request(self, request_id: str, prompt: list[int], params: Any) -> None:
         """Run a request to completion here (raises ValueError on bad input)."""
         with self._lock:
