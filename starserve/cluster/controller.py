@@ -6,6 +6,7 @@ migrations, and fails requests over when an instance dies. A plain class;
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import time
@@ -21,6 +22,7 @@ from starserve.cluster.policies import ControllerPolicy
 from starserve.cluster.types import (
     InstanceDiedError,
     InstancePoll,
+    InstanceUnavailableError,
     MigrationRecord,
     MigrationStatus,
     NoInstanceError,
@@ -120,7 +122,9 @@ class Controller:
         )
         for handle, result in zip(live, results, strict=True):
             instance_id = handle.instance_id
-            if isinstance(result, InstancePoll):
+            if isinstance(result, InstancePoll) and self.health.restarted(instance_id, result):
+                self._declare_dead(handle, "its process was replaced (restarted)", kill=False)
+            elif isinstance(result, InstancePoll):
                 self._polls[instance_id] = result
                 self.health.seen(instance_id)
                 self._settle(instance_id, result.snapshot, started_at_s)
@@ -204,6 +208,8 @@ class Controller:
                 return await handle.prefill(request_id, prompt, params)
             except InstanceDiedError as err:
                 self._declare_dead(handle, str(err), kill=False)  # then prefill elsewhere
+            except InstanceUnavailableError as err:  # maybe never ran: prefill elsewhere
+                log.warning("prefill of %s: %s", request_id, err)
             except Exception:
                 if request_id in self._aborted:  # the abort ended the prefill call
                     return None
@@ -228,6 +234,11 @@ class Controller:
                     accepted = await accept(target)
                 except InstanceDiedError as err:
                     self._declare_dead(target, str(err), kill=False)
+                    continue
+                except InstanceUnavailableError as err:  # it may have landed: drop it there
+                    log.warning("placing %s: %s", request_id, err)
+                    with contextlib.suppress(Exception):
+                        await target.release(request_id)
                     continue
                 if accepted:
                     self._placed(request_id, target.instance_id)

@@ -30,6 +30,7 @@ class Health:
     num_restarts: Counter[int] = field(default_factory=Counter)
     _down: set[int] = field(default_factory=set)
     _last_seen_s: dict[int, float] = field(default_factory=dict)
+    _incarnations: dict[int, int] = field(default_factory=dict)
     _lost: list[str] = field(default_factory=list)
     _lost_event: asyncio.Event | None = None
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
@@ -42,6 +43,11 @@ class Health:
 
     def seen(self, instance_id: int) -> None:
         self._last_seen_s[instance_id] = time.monotonic()
+
+    def restarted(self, instance_id: int, poll: Any) -> bool:
+        """True when the poll comes from a new process (the old one died between polls)."""
+        known = self._incarnations.setdefault(instance_id, poll.incarnation)
+        return bool(known != poll.incarnation)
 
     def silent_for_s(self, instance_id: int) -> float:
         """Seconds since the instance's last snapshot (0 before its first poll failed)."""
@@ -76,6 +82,7 @@ class Health:
         else:
             return
         self.num_restarts[instance_id] += 1
+        self._incarnations.pop(instance_id, None)  # the next poll tells the new process id
         self.seen(instance_id)
         self._down.discard(instance_id)
         log.warning("%s instance %s is back after a warm-up step", role, instance_id)

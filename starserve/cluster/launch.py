@@ -23,6 +23,7 @@ from starserve.cluster.types import (
     Handoff,
     InstanceDiedError,
     InstancePoll,
+    InstanceUnavailableError,
     MigrationRecord,
     OutputChunk,
     StageInfo,
@@ -46,12 +47,16 @@ class RayInstance:
         self.instance_id = instance_id
 
     async def _await(self, ref: Any) -> Any:
-        from ray.exceptions import RayActorError
+        from ray.exceptions import ActorDiedError, RayActorError
 
         try:
             return await ref
-        except RayActorError as err:  # died, or unreachable while it restarts
-            raise InstanceDiedError(self.instance_id, type(err).__name__) from None
+        except ActorDiedError:
+            raise InstanceDiedError(self.instance_id, "actor died") from None
+        except RayActorError as err:  # "unavailable": a crash (restarting) or a hiccup
+            if _has_died(self.actor):
+                raise InstanceDiedError(self.instance_id, "actor restarting") from None
+            raise InstanceUnavailableError(f"instance {self.instance_id}: {err}") from None
 
     async def _call(self, method: str, *args: Any) -> Any:
         return await self._await(getattr(self.actor, method).remote(*args))
@@ -137,6 +142,19 @@ class RayInstance:
         await self.actor.warm_up.remote()
 
 
+def _has_died(actor: Any) -> bool:
+    """Whether Ray's actor table says the actor's process is gone (restarting or dead).
+    False when it cannot tell; a process that was already replaced shows a new incarnation
+    in its next poll, and one that never answers misses the controller's deadline."""
+    try:
+        from ray._private.state import actors
+
+        info = actors(actor_id=actor._actor_id.hex())
+    except Exception:  # a private API: never let it decide on its own
+        return False
+    return bool(info.get("State") not in (None, "ALIVE"))
+
+
 class ControllerActor:
     """Builds the plain `Controller` inside its actor process from instance actor handles."""
 
@@ -200,6 +218,7 @@ class Cluster:
     decode: list[RayInstance]
     config: ClusterConfig
     owns_ray: bool
+    weights_ref: Any = None  # held: Ray re-reads it when it restarts a crashed instance
 
     @property
     def instances(self) -> list[RayInstance]:
@@ -284,6 +303,7 @@ def launch_cluster(config: ClusterConfig, address: str | None = None) -> Cluster
         decode=[RayInstance(a, i + len(prefill)) for i, a in enumerate(decode)],
         config=config,
         owns_ray=owns_ray,
+        weights_ref=weights_ref,
     )
 
 

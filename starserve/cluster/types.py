@@ -18,6 +18,10 @@ class InstanceDiedError(RuntimeError):
         self.instance_id = instance_id
 
 
+class InstanceUnavailableError(RuntimeError):
+    """A call did not reach a live instance (Ray could not say it finished); not a death."""
+
+
 class NoInstanceError(RuntimeError):
     """No live instance of a role the request needs (or none had room in time): the server
     answers 503. Raised by the controller; crosses Ray as this type."""
@@ -104,3 +108,4 @@ class InstancePoll:
     num_running: int
     num_preemptions_total: int
     num_steps: int
+    incarnation: int = 0  # the instance's process id: a change means it restarted (state lost)

@@ -57,6 +57,9 @@ class InstanceWorker(MigrationEndpoint):
 
     # --- lifecycle -----------------------------------------------------------------------
     def start(self) -> None:
+        """Start the stepping thread (idempotent: a restart routine may call it again)."""
+        if self._thread is not None and self._thread.is_alive():
+            return
         self._thread = threading.Thread(target=self._loop, name=f"step-{self.instance_id}")
         self._thread.daemon = True
         self._thread.start()
@@ -69,6 +72,10 @@ class InstanceWorker(MigrationEndpoint):
 
     def ready(self) -> int:
         return self.instance_id
+
+    def num_pending_prefills(self) -> int:
+        """Prefill calls waiting for their first token (no lock: tests watch it mid-step)."""
+        return len(self._pending)
 
     def pid(self) -> int:
         """The process this instance runs in (fault tests kill it)."""
@@ -297,4 +304,5 @@ class InstanceWorker(MigrationEndpoint):
             num_running=stats.num_running,
             num_preemptions_total=stats.num_preemptions_total,
             num_steps=self.num_steps,
+            incarnation=os.getpid(),
         )
