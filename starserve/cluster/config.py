@@ -30,6 +30,21 @@ class ServeClusterConfig(SharedClusterConfig):
         default_factory=dict, description="extra EngineConfig fields for every instance"
     )
     max_concurrent_migrations: int = Field(1, ge=1, description="migrations in flight at once")
+    migration_stage_timeout_s: float = Field(
+        10.0, gt=0, description="deadline of each migration call (past it: roll back)"
+    )
+    migration_pause_timeout_s: float = Field(
+        2.0, gt=0, description="deadline of the final stage while the request is paused"
+    )
+    instance_timeout_s: float = Field(
+        30.0, gt=0, description="an instance without a snapshot for this long is dead"
+    )
+    place_timeout_s: float = Field(
+        60.0, gt=0, description="a request no decode instance admits for this long gets 503"
+    )
+    instance_max_restarts: int = Field(
+        3, ge=0, description="times Ray restarts a crashed instance (then it stays down)"
+    )
 
     @property
     def num_prefill(self) -> int:

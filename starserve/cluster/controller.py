@@ -1,20 +1,32 @@
-"""The controller: polls instance snapshots, dispatches through the shared policies, and
-drives migrations. A plain class; `starserve.cluster.launch` runs it as an async Ray actor.
+"""The controller: polls instance snapshots, dispatches through the shared policies, drives
+migrations, and fails requests over when an instance dies. A plain class;
+`starserve.cluster.launch` runs it as an async Ray actor.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
+import time
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from starserve.cluster.handles import InstanceHandle
+from starserve.cluster.health import Health
 from starserve.cluster.migration import Migration, MigrationConfig
 from starserve.cluster.policies import ControllerPolicy
-from starserve.cluster.types import InstancePoll, MigrationRecord, MigrationStatus
+from starserve.cluster.types import (
+    InstanceDiedError,
+    InstancePoll,
+    InstanceUnavailableError,
+    MigrationRecord,
+    MigrationStatus,
+    NoInstanceError,
+)
 from starserve.mechanism.placement import PrefillPlacer
 from starserve.policy.types import InstanceSnapshot, MigrationDecision, NewRequest, RequestLoad
 
@@ -26,7 +38,8 @@ IMPORT_RETRY_S = 0.05  # a full destination is retried (re-dispatched) after thi
 
 @dataclass(frozen=True, slots=True)
 class ClusterMetrics:
-    """What the server exports: latest polls, migration counters, finished migration records."""
+    """What the server exports: latest polls, migration counters, finished migration records,
+    and which instances are up."""
 
     polls: tuple[InstancePoll, ...]
     prefill_instance_ids: tuple[int, ...]
@@ -34,6 +47,18 @@ class ClusterMetrics:
     num_migrations_started: int
     num_migrations_by_status: dict[str, int]
     records: tuple[MigrationRecord, ...]  # records[since:] of the request
+    down_instance_ids: tuple[int, ...] = ()
+    num_failures_by_instance: dict[int, int] = field(default_factory=dict)
+    num_restarts_by_instance: dict[int, int] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class _Incoming:
+    """A request dispatched to an instance whose snapshot may not list it yet."""
+
+    instance_id: int
+    load: RequestLoad
+    placed_at_s: float | None = None  # monotonic time the instance accepted it
 
 
 @dataclass(slots=True)
@@ -45,20 +70,24 @@ class Controller:
     migration: MigrationConfig = field(default_factory=MigrationConfig)
     max_concurrent_migrations: int = 1
     auto_migrate: bool = True
+    instance_timeout_s: float = 30.0  # no snapshot for this long: the instance is dead
+    place_timeout_s: float = 60.0  # a request no instance admits for this long fails (503)
+    health: Health = field(default_factory=Health)
     _polls: dict[int, InstancePoll] = field(default_factory=dict)
     _migrating: set[int] = field(default_factory=set)  # instance ids busy with a migration
     _records: list[MigrationRecord] = field(default_factory=list)
     _aborted: dict[str, None] = field(default_factory=dict)  # insertion-ordered set
+    _incoming: dict[str, _Incoming] = field(default_factory=dict)
+    _placement: dict[str, tuple[int, float]] = field(default_factory=dict)  # id -> (inst, t)
     _num_started: int = 0
     placer: PrefillPlacer = field(default_factory=PrefillPlacer.named)
-    _prefill_queued_tokens: list[int] = field(default_factory=list)  # sent, not prefilled yet
-    # hand-offs whose KV is on its way to a decode instance (only the controller knows them)
-    _in_transfer: dict[int, dict[str, RequestLoad]] = field(default_factory=dict)
+    _prefill_queued_tokens: dict[int, int] = field(default_factory=dict)  # sent, not prefilled
     _task: asyncio.Task[None] | None = None
     _migration_tasks: set[asyncio.Task[MigrationRecord]] = field(default_factory=set)
 
     def __post_init__(self) -> None:
-        self._prefill_queued_tokens = [0] * len(self.prefill)
+        self._prefill_queued_tokens = {h.instance_id: 0 for h in self.prefill}
+        self.health.on_failure = self._fail_over
 
     # --- lifecycle -----------------------------------------------------------------------
     async def start(self) -> None:
@@ -70,6 +99,7 @@ class Controller:
         if self._task is not None:
             self._task.cancel()
         await asyncio.gather(*self._migration_tasks, return_exceptions=True)
+        self.health.stop()
 
     async def _poll_loop(self) -> None:
         while True:
@@ -85,72 +115,169 @@ class Controller:
         await self._poll([*self.prefill, *self.decode])
 
     async def _poll(self, handles: list[InstanceHandle]) -> None:
-        """Refresh snapshots; an instance that does not answer drops out of the policies'
-        view (nothing is dispatched or migrated to it) until it answers again."""
-        results = await asyncio.gather(*(h.poll() for h in handles), return_exceptions=True)
-        for handle, result in zip(handles, results, strict=True):
-            if isinstance(result, BaseException):
-                if self._polls.pop(handle.instance_id, None) is not None:
-                    log.warning("instance %s does not answer: %r", handle.instance_id, result)
+        """Refresh snapshots of the live instances. A dead one (its actor died, or no snapshot
+        for `instance_timeout_s`) leaves the policies' view at once and is failed over."""
+        live = [h for h in handles if self.health.is_up(h.instance_id)]
+        started_at_s = time.monotonic()
+        results = await asyncio.gather(
+            *(asyncio.wait_for(h.poll(), self.instance_timeout_s) for h in live),
+            return_exceptions=True,
+        )
+        for handle, result in zip(live, results, strict=True):
+            instance_id = handle.instance_id
+            if isinstance(result, InstancePoll) and self.health.restarted(instance_id, result):
+                self._declare_dead(handle, "its process was replaced (restarted)", kill=False)
+            elif isinstance(result, InstancePoll):
+                self._polls[instance_id] = result
+                self.health.seen(instance_id)
+                self._settle(instance_id, result.snapshot, started_at_s)
+                continue
+            self._polls.pop(instance_id, None)
+            if isinstance(result, InstanceDiedError):
+                self._declare_dead(handle, str(result), kill=False)
+            elif self.health.silent_for_s(instance_id) > self.instance_timeout_s:
+                self._declare_dead(handle, f"no snapshot for {self.instance_timeout_s} s", True)
             else:
-                self._polls[handle.instance_id] = result
+                log.warning("instance %s does not answer: %r", instance_id, result)
+
+    def _settle(self, instance_id: int, snapshot: InstanceSnapshot, polled_at_s: float) -> None:
+        """Forget what a fresh snapshot now shows (or shows finished): incoming requests it
+        accepted before the poll, and placements of requests that ended there."""
+        listed = {load.request_id for load in snapshot.requests}
+        for request_id, entry in list(self._incoming.items()):
+            placed = entry.placed_at_s
+            if entry.instance_id == instance_id and placed is not None and placed < polled_at_s:
+                del self._incoming[request_id]
+        for request_id, (placed_on, placed_at_s) in list(self._placement.items()):
+            if placed_on == instance_id and placed_at_s < polled_at_s and request_id not in listed:
+                del self._placement[request_id]
 
     def decode_snapshots(self) -> list[InstanceSnapshot]:
-        return [
-            self._with_controller_view(self._polls[h.instance_id].snapshot)
-            for h in self.decode
-            if h.instance_id in self._polls
-        ]
+        """Live decode instances' latest snapshots, with what only the controller knows:
+        whether the instance takes part in a migration, and requests dispatched to it that its
+        snapshot does not list yet (KV in transfer: `incoming`, their blocks as good as
+        reserved, as the snapshot contract counts a transfer)."""
+        snapshots = []
+        for handle in self.decode:
+            poll = self._polls.get(handle.instance_id)
+            if poll is None or not self.health.is_up(handle.instance_id):
+                continue
+            snapshots.append(self._with_controller_view(poll.snapshot))
+        return snapshots
 
     def _with_controller_view(self, snap: InstanceSnapshot) -> InstanceSnapshot:
-        """The worker's snapshot plus what only the controller knows: whether the instance
-        takes part in a migration, and hand-offs whose KV travels to it (incoming, their
-        blocks as good as reserved, as the snapshot contract counts a transfer)."""
         known = {r.request_id for r in (*snap.requests, *snap.incoming)}
         loads = [
-            load
-            for rid, load in self._in_transfer.get(snap.instance_id, {}).items()
-            if rid not in known
+            e.load
+            for rid, e in self._incoming.items()
+            if e.instance_id == snap.instance_id and rid not in known
         ]
         blocks = sum(-(-load.num_context_tokens // snap.block_size) for load in loads)
         return dataclasses.replace(
             snap,
             is_migrating=snap.instance_id in self._migrating,
             incoming=(*snap.incoming, *loads) if loads else snap.incoming,
-            num_free_blocks=snap.num_free_blocks - blocks,
+            num_free_blocks=max(0, snap.num_free_blocks - blocks),
         )
 
     # --- serving -------------------------------------------------------------------------
     async def submit(self, request_id: str, prompt: list[int], params: Any) -> None:
-        """Prefill where the placement says, then hand the request (KV and prediction) to
-        the decode instance the policy picks."""
-        index = self.placer.choose(self._prefill_queued_tokens)
-        self._prefill_queued_tokens[index] += len(prompt)
-        try:
-            handoff, payload = await self.prefill[index].prefill(request_id, prompt, params)
-        finally:
-            self._prefill_queued_tokens[index] -= len(prompt)
-        if handoff.finished or request_id in self._aborted:
+        """Prefill (again elsewhere if the prefill instance dies), then hand the request to the
+        decode instance the policy picks. NoInstanceError when no instance can take it."""
+        prefilled = await self._prefill(request_id, prompt, params)
+        if prefilled is None or prefilled[0].finished:
             return
+        handoff, payload = prefilled
         new = NewRequest(request_id, handoff.num_prompt_tokens, handoff.predicted_output_tokens)
-        load = RequestLoad(
-            request_id, handoff.num_prompt_tokens + 1, 1, new.predicted_output_tokens
-        )
-        while True:
-            instance_id = self.policy.dispatch(self.decode_snapshots(), new)
-            target = self._decode_by_id(instance_id)
-            in_transfer = self._in_transfer.setdefault(instance_id, {})
-            in_transfer[request_id] = load
+        await self._place(new, lambda target: target.import_request(payload))
+
+    async def resume(
+        self, request_id: str, prompt: list[int], generated: list[int], params: Any
+    ) -> None:
+        """Token replay of a request whose decode instance died: re-prefill prompt + the
+        tokens already streamed on a live decode instance, which continues from the next."""
+        new = NewRequest(request_id, len(prompt) + len(generated), None)
+        await self._place(new, lambda target: target.replay(request_id, prompt, generated, params))
+
+    async def _prefill(
+        self, request_id: str, prompt: list[int], params: Any
+    ) -> tuple[Any, Any] | None:
+        while request_id not in self._aborted:
+            live = [h for h in self.prefill if self.health.is_up(h.instance_id)]
+            if not live:
+                raise NoInstanceError("no prefill instance is up")
+            queued = [self._prefill_queued_tokens.get(h.instance_id, 0) for h in live]
+            handle = live[self.placer.choose(queued)]
+            self._prefill_queued_tokens[handle.instance_id] = queued[live.index(handle)] + len(
+                prompt
+            )
             try:
-                await target.import_request(payload)
-                await self._poll([target])  # the worker reports it from now on
-                return
-            except Exception as err:  # EngineFullError crosses Ray wrapped: match by name
-                if "EngineFullError" not in f"{type(err).__name__} {err}":
-                    raise
-            finally:
-                in_transfer.pop(request_id, None)
-            await asyncio.sleep(IMPORT_RETRY_S)
+                return await handle.prefill(request_id, prompt, params)
+            except InstanceDiedError as err:
+                self._declare_dead(handle, str(err), kill=False)  # then prefill elsewhere
+            except InstanceUnavailableError as err:  # maybe never ran: prefill elsewhere
+                log.warning("prefill of %s: %s", request_id, err)
+            except Exception:
+                if request_id in self._aborted:  # the abort ended the prefill call
+                    return None
+                raise
+            finally:  # sent and done (or failed): no longer queued there
+                self._prefill_queued_tokens[handle.instance_id] -= len(prompt)
+        return None
+
+    async def _place(
+        self, new: NewRequest, accept: Callable[[InstanceHandle], Awaitable[bool]]
+    ) -> None:
+        """Dispatch until an instance accepts, bounded by `place_timeout_s`; abort is checked
+        before and after each try (an abort that raced the import is sent to its winner)."""
+        request_id = new.request_id
+        deadline_s = time.monotonic() + self.place_timeout_s
+        try:
+            while request_id not in self._aborted:
+                if time.monotonic() > deadline_s:
+                    raise NoInstanceError(
+                        f"no decode instance had room for {request_id} in {self.place_timeout_s} s"
+                    )
+                target = self._decode_by_id(self._dispatch(new))
+                try:
+                    accepted = await accept(target)
+                except InstanceDiedError as err:
+                    self._declare_dead(target, str(err), kill=False)
+                    continue
+                except InstanceUnavailableError as err:  # it may have landed: drop it there
+                    log.warning("placing %s: %s", request_id, err)
+                    with contextlib.suppress(Exception):
+                        await target.release(request_id)
+                    continue
+                if accepted:
+                    self._placed(request_id, target.instance_id)
+                    if request_id in self._aborted:  # aborted while it was being imported
+                        await self._abort_on([target], request_id)
+                    return
+                await asyncio.sleep(IMPORT_RETRY_S)
+        finally:
+            entry = self._incoming.get(request_id)
+            if entry is not None and entry.placed_at_s is None:
+                del self._incoming[request_id]
+
+    def _placed(self, request_id: str, instance_id: int) -> None:
+        now = time.monotonic()
+        self._placement[request_id] = (instance_id, now)
+        entry = self._incoming.get(request_id)
+        if entry is not None and entry.instance_id == instance_id:
+            entry.placed_at_s = now  # listed until a poll that started after this
+
+    def _dispatch(self, new: NewRequest) -> int:
+        """The policy's choice over the latest snapshots; the request becomes that instance's
+        `incoming` entry (one entry per request: a retry moves it)."""
+        snapshots = self.decode_snapshots()
+        if not snapshots:
+            raise NoInstanceError("no decode instance is up")
+        instance_id = self.policy.dispatch(snapshots, new)
+        num_tokens = new.num_prompt_tokens + 1
+        load = RequestLoad(new.request_id, num_tokens, 1, new.predicted_output_tokens)
+        self._incoming[new.request_id] = _Incoming(instance_id, load)
+        return instance_id
 
     async def _poll_decode(self) -> None:
         await self._poll(self.decode)
@@ -166,7 +293,39 @@ class Controller:
         self._aborted[request_id] = None
         while len(self._aborted) > MAX_REMEMBERED_ABORTS:
             self._aborted.pop(next(iter(self._aborted)))
-        await asyncio.gather(*(h.abort(request_id) for h in [*self.prefill, *self.decode]))
+        self._placement.pop(request_id, None)
+        await self._abort_on([*self.prefill, *self.decode], request_id)
+
+    async def _abort_on(self, handles: list[InstanceHandle], request_id: str) -> None:
+        live = [h for h in handles if self.health.is_up(h.instance_id)]
+        results = await asyncio.gather(*(h.abort(request_id) for h in live), return_exceptions=True)
+        for handle, result in zip(live, results, strict=True):
+            if isinstance(result, BaseException):  # a dead one holds nothing
+                log.warning("abort of %s on %s failed: %r", request_id, handle.instance_id, result)
+
+    # --- failures ------------------------------------------------------------------------
+    def _declare_dead(self, handle: InstanceHandle, reason: str, kill: bool) -> None:
+        if self.health.is_up(handle.instance_id):
+            self._polls.pop(handle.instance_id, None)
+            role = "decode" if handle in self.decode else "prefill"
+            self.health.fail(handle, role, reason, kill)
+
+    async def _fail_over(self, instance_id: int) -> list[str]:
+        """Requests placed on a dead decode instance, once migrations touching it settled
+        (a migration from it rolls back; one to it resumes on its source)."""
+        await asyncio.gather(*self._migration_tasks, return_exceptions=True)
+        lost = [rid for rid, (inst, _) in self._placement.items() if inst == instance_id]
+        for request_id in lost:
+            del self._placement[request_id]
+        for request_id, entry in list(self._incoming.items()):
+            if entry.instance_id == instance_id and entry.placed_at_s is not None:
+                del self._incoming[request_id]
+        return [rid for rid in lost if rid not in self._aborted]
+
+    async def wait_lost(self, timeout_s: float) -> list[str]:
+        """Requests lost with a dead decode instance since the last call (the server resumes
+        each with `resume`); waits up to `timeout_s` for the first."""
+        return await self.health.wait_lost(timeout_s)
 
     # --- migration -----------------------------------------------------------------------
     def _launch(self, decisions: list[MigrationDecision]) -> None:
@@ -184,9 +343,16 @@ class Controller:
         await self._poll_decode()
         src_id = self._locate(request_id)
         if dst_instance_id is None:
-            dst_instance_id = next(h.instance_id for h in self.decode if h.instance_id != src_id)
+            dst_instance_id = next(
+                s.instance_id for s in self.decode_snapshots() if s.instance_id != src_id
+            )
         self._migrating |= {src_id, dst_instance_id}
-        return await self._run_migration(MigrationDecision(request_id, src_id, dst_instance_id))
+        task = asyncio.create_task(
+            self._run_migration(MigrationDecision(request_id, src_id, dst_instance_id))
+        )
+        self._migration_tasks.add(task)
+        task.add_done_callback(self._migration_tasks.discard)
+        return await task
 
     async def locate(self, request_id: str) -> int:
         """The decode instance running `request_id` now (KeyError if none)."""
@@ -215,8 +381,10 @@ class Controller:
         finally:
             self._migrating -= {decision.src_instance_id, decision.dst_instance_id}
         self._records.append(record)
-        if record.status is MigrationStatus.FINISHED and decision.request_id in self._aborted:
-            await dst.abort(decision.request_id)  # aborted while it moved
+        if record.status is MigrationStatus.FINISHED:
+            self._placed(decision.request_id, decision.dst_instance_id)
+            if decision.request_id in self._aborted:
+                await self._abort_on([dst], decision.request_id)  # aborted while it moved
         return record
 
     def metrics(self, since: int = 0) -> ClusterMetrics:
@@ -228,4 +396,7 @@ class Controller:
             num_migrations_started=self._num_started,
             num_migrations_by_status={s.value: by_status.get(s.value, 0) for s in MigrationStatus},
             records=tuple(self._records[since:]),
+            down_instance_ids=self.health.down_ids(),
+            num_failures_by_instance=dict(self.health.num_failures),
+            num_restarts_by_instance=dict(self.health.num_restarts),
         )

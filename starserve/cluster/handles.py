@@ -21,7 +21,10 @@ class InstanceHandle(Protocol):
     async def prefill(
         self, request_id: str, prompt: list[int], params: Any
     ) -> tuple[Handoff, Any]: ...
-    async def import_request(self, payload: Any) -> None: ...
+    async def import_request(self, payload: Any) -> bool: ...  # False: no room
+    async def replay(
+        self, request_id: str, prompt: list[int], generated: list[int], params: Any
+    ) -> bool: ...  # False: no room
     async def poll(self) -> InstancePoll: ...
     async def abort(self, request_id: str) -> None: ...
     async def wait_outputs(self, timeout_s: float) -> list[OutputChunk]: ...
@@ -36,6 +39,7 @@ class InstanceHandle(Protocol):
     async def reserve(self, request_id: str, num_tokens: int) -> bool: ...
     async def write_stage(self, payload: Any) -> None: ...
     async def commit(self, payload: Any) -> None: ...
+    async def grow_reservation(self, request_id: str, num_tokens: int) -> bool: ...
     async def abort_import(self, request_id: str) -> None: ...
 
 
@@ -53,8 +57,13 @@ class LocalInstance:
         result: tuple[Handoff, Any] = await self._call("prefill", request_id, prompt, params)
         return result
 
-    async def import_request(self, payload: Any) -> None:
-        await self._call("import_request", payload)
+    async def import_request(self, payload: Any) -> bool:
+        return bool(await self._call("import_request", payload))
+
+    async def replay(
+        self, request_id: str, prompt: list[int], generated: list[int], params: Any
+    ) -> bool:
+        return bool(await self._call("replay", request_id, prompt, generated, params))
 
     async def poll(self) -> InstancePoll:
         result: InstancePoll = await self._call("poll")
@@ -93,6 +102,9 @@ class LocalInstance:
 
     async def commit(self, payload: Any) -> None:
         await self._call("commit", payload)
+
+    async def grow_reservation(self, request_id: str, num_tokens: int) -> bool:
+        return bool(await self._call("grow_reservation", request_id, num_tokens))
 
     async def abort_import(self, request_id: str) -> None:
         await self._call("abort_import", request_id)

@@ -8,6 +8,7 @@ decode instance, so the bytes never pass through the controller.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 import os
@@ -20,7 +21,9 @@ from starserve.cluster.controller import ClusterMetrics, Controller
 from starserve.cluster.policies import bind_policy
 from starserve.cluster.types import (
     Handoff,
+    InstanceDiedError,
     InstancePoll,
+    InstanceUnavailableError,
     MigrationRecord,
     OutputChunk,
     StageInfo,
@@ -34,32 +37,56 @@ from starserve.paths import REPO_ROOT
 log = logging.getLogger(__name__)
 
 MAX_ACTOR_CONCURRENCY = 1024  # blocking prefill calls wait in actor threads
+RESTART_POLL_S = 0.5  # how often a restart asks whether the new actor process is up
 
 
 class RayInstance:
-    """An instance actor behind the async `InstanceHandle` interface."""
+    """An instance actor behind the async `InstanceHandle` interface. Ray's actor-death
+    errors become `InstanceDiedError`, so the controller needs no Ray to recognise them."""
 
     def __init__(self, actor: Any, instance_id: int):
         self.actor = actor
         self.instance_id = instance_id
 
+    async def _await(self, ref: Any) -> Any:
+        from ray.exceptions import ActorDiedError, RayActorError
+
+        try:
+            return await ref
+        except ActorDiedError:
+            raise InstanceDiedError(self.instance_id, "actor died") from None
+        except RayActorError as err:  # "unavailable": a crash (restarting) or a hiccup
+            if _has_died(self.actor):
+                raise InstanceDiedError(self.instance_id, "actor restarting") from None
+            raise InstanceUnavailableError(f"instance {self.instance_id}: {err}") from None
+
+    async def _call(self, method: str, *args: Any) -> Any:
+        return await self._await(getattr(self.actor, method).remote(*args))
+
     async def prefill(self, request_id: str, prompt: list[int], params: Any) -> tuple[Handoff, Any]:
         handoff_ref, snapshot_ref = self.actor.prefill.options(num_returns=2).remote(
             request_id, prompt, params
         )
-        return await handoff_ref, snapshot_ref
+        return await self._await(handoff_ref), snapshot_ref
 
-    async def import_request(self, payload: Any) -> None:
-        await self.actor.import_request.remote(payload)
+    async def import_request(self, payload: Any) -> bool:
+        return bool(await self._call("import_request", payload))
+
+    async def replay(
+        self, request_id: str, prompt: list[int], generated: list[int], params: Any
+    ) -> bool:
+        return bool(await self._call("replay", request_id, prompt, generated, params))
 
     async def poll(self) -> InstancePoll:
-        return await self.actor.poll.remote()
+        result: InstancePoll = await self._call("poll")
+        return result
 
     async def abort(self, request_id: str) -> None:
-        await self.actor.abort.remote(request_id)
+        await self._call("abort", request_id)
 
     async def wait_outputs(self, timeout_s: float) -> list[OutputChunk]:
-        return await self.actor.wait_outputs.remote(timeout_s)
+        result: list[OutputChunk] = await self._call("wait_outputs", timeout_s)
+        return result
 
     async def export_stage(
         self, request_id: str, since_stage: int | None
@@ -76,26 +103,58 @@ class RayInstance:
     ) -> tuple[StageInfo, Any] | None:
         remote = getattr(self.actor, method).options(num_returns=2).remote
         info_ref, snapshot_ref = remote(request_id, since_stage)
-        info = await info_ref
+        info = await self._await(info_ref)
         return None if info is None else (info, snapshot_ref)
 
     async def resume(self, request_id: str) -> None:
-        await self.actor.resume.remote(request_id)
+        await self._call("resume", request_id)
 
     async def release(self, request_id: str) -> None:
-        await self.actor.release.remote(request_id)
+        await self._call("release", request_id)
 
     async def reserve(self, request_id: str, num_tokens: int) -> bool:
-        return bool(await self.actor.reserve.remote(request_id, num_tokens))
+        return bool(await self._call("reserve", request_id, num_tokens))
 
     async def write_stage(self, payload: Any) -> None:
-        await self.actor.write_stage.remote(payload)
+        await self._call("write_stage", payload)
 
     async def commit(self, payload: Any) -> None:
-        await self.actor.commit.remote(payload)
+        await self._call("commit", payload)
+
+    async def grow_reservation(self, request_id: str, num_tokens: int) -> bool:
+        return bool(await self._call("grow_reservation", request_id, num_tokens))
 
     async def abort_import(self, request_id: str) -> None:
-        await self.actor.abort_import.remote(request_id)
+        await self._call("abort_import", request_id)
+
+    async def restart(self, kill: bool) -> None:
+        """Bring a dead instance back: Ray restarts a crashed actor by itself (max_restarts);
+        a hung one is killed first. Returns once the new process answers a warm-up step."""
+        import ray
+
+        if kill:
+            ray.kill(self.actor, no_restart=False)
+        while True:
+            try:
+                await self.actor.ready.remote()
+                break
+            except ray.exceptions.RayActorError:  # still restarting
+                await asyncio.sleep(RESTART_POLL_S)
+        await self.actor.start.remote()
+        await self.actor.warm_up.remote()
+
+
+def _has_died(actor: Any) -> bool:
+    """Whether Ray's actor table says the actor's process is gone (restarting or dead).
+    False when it cannot tell; a process that was already replaced shows a new incarnation
+    in its next poll, and one that never answers misses the controller's deadline."""
+    try:
+        from ray._private.state import actors
+
+        info = actors(actor_id=actor._actor_id.hex())
+    except Exception:  # a private API: never let it decide on its own
+        return False
+    return bool(info.get("State") not in (None, "ALIVE"))
 
 
 class ControllerActor:
@@ -109,9 +168,15 @@ class ControllerActor:
             decode=[RayInstance(a, i) for a, i in zip(decode, decode_ids, strict=True)],
             policy=bind_policy(config.policy),
             poll_interval_s=config.poll_interval_ms / 1000,
-            migration=config.migration_config(),
+            migration=dataclasses.replace(
+                config.migration_config(),
+                stage_timeout_s=config.migration_stage_timeout_s,
+                pause_timeout_s=config.migration_pause_timeout_s,
+            ),
             placer=PrefillPlacer.named(config.prefill_placement),
             max_concurrent_migrations=config.max_concurrent_migrations,
+            instance_timeout_s=config.instance_timeout_s,
+            place_timeout_s=config.place_timeout_s,
         )
 
     async def start(self) -> None:
@@ -121,6 +186,14 @@ class ControllerActor:
 
     async def submit(self, request_id: str, prompt: list[int], params: Any) -> None:
         await self.controller.submit(request_id, prompt, params)
+
+    async def resume(
+        self, request_id: str, prompt: list[int], generated: list[int], params: Any
+    ) -> None:
+        await self.controller.resume(request_id, prompt, generated, params)
+
+    async def wait_lost(self, timeout_s: float) -> list[str]:
+        return await self.controller.wait_lost(timeout_s)
 
     async def abort(self, request_id: str) -> None:
         await self.controller.abort(request_id)
@@ -147,6 +220,7 @@ class Cluster:
     decode: list[RayInstance]
     config: ClusterConfig
     owns_ray: bool
+    weights_ref: Any = None  # held: Ray re-reads it when it restarts a crashed instance
 
     @property
     def instances(self) -> list[RayInstance]:
@@ -206,7 +280,9 @@ def launch_cluster(config: ClusterConfig, address: str | None = None) -> Cluster
     owns_ray = _init_ray(config, address)
     weights_ref = ray.put(_load_weights(config))  # load once; every instance unpickles a copy
     worker_cls = ray.remote(InstanceWorker).options(
-        num_cpus=config.num_cpus_per_instance, max_concurrency=MAX_ACTOR_CONCURRENCY
+        num_cpus=config.num_cpus_per_instance,
+        max_concurrency=MAX_ACTOR_CONCURRENCY,
+        max_restarts=config.instance_max_restarts,  # a crashed instance comes back (health.py)
     )
     actors: list[Any] = [
         worker_cls.remote(
@@ -229,6 +305,7 @@ def launch_cluster(config: ClusterConfig, address: str | None = None) -> Cluster
         decode=[RayInstance(a, i + len(prefill)) for i, a in enumerate(decode)],
         config=config,
         owns_ray=owns_ray,
+        weights_ref=weights_ref,
     )
 
 

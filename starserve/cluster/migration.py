@@ -67,8 +67,14 @@ class MigrationDestination(Protocol):
         """Copy the final stage's blocks, adopt the request and start decoding it."""
         ...
 
+    async def grow_reservation(self, request_id: str, num_tokens: int) -> bool:
+        """Make the reservation hold `num_tokens` positions; False = no room (asked before the
+        source pauses, so a destination that cannot admit refuses while nothing waits)."""
+        ...
+
     async def abort_import(self, request_id: str) -> None:
-        """Free whatever `reserve`/`write_stage` took (rollback)."""
+        """Free whatever `reserve`/`write_stage` took, or drop the request silently if a
+        commit that timed out landed after all (rollback)."""
         ...
 
 
@@ -142,16 +148,20 @@ class Migration:
         self.reserved = True
 
     async def _final_stage(self, last: StageInfo | None) -> None:
+        if last is not None:  # room for what the copies left out, asked before the pause
+            room = self._reserve_tokens(last)
+            if not await self._dst(self.dst.grow_reservation(self.request_id, room)):
+                raise _Abort(MigrationStatus.ABORTED_DST, "destination has no room to commit")
+        self.paused = True  # from here a rollback resumes it (pausing may land even on timeout)
         since = None if last is None else last.stage
         final = await self._src(self.src.pause_and_export(self.request_id, since))
         if final is None:
             raise _Abort(MigrationStatus.ABORTED_SRC, "request finished on the source")
-        self.paused = True
         self.num_stages += 1
         paused_at = time.perf_counter()
         if not self.reserved:  # stop-and-copy: nothing was copied before the pause
             await self._reserve(final[0])
-        await self._dst(self.dst.commit(final[1]))
+        await self._dst(self.dst.commit(final[1]), self.config.pause_timeout_s)
         self.pause_s = time.perf_counter() - paused_at
         self.paused = False  # the destination owns it now; never resume on the source
         try:
@@ -171,13 +181,17 @@ class Migration:
 
     async def _src(self, call: Any) -> Any:
         try:
-            return await call
+            return await asyncio.wait_for(call, self.config.stage_timeout_s)
+        except TimeoutError:
+            raise _Abort(MigrationStatus.ABORTED_SRC, "source missed its deadline") from None
         except Exception as err:  # the source failed: the request cannot move
             raise _Abort(MigrationStatus.ABORTED_SRC, f"source failed: {err!r}") from err
 
-    async def _dst(self, call: Any) -> Any:
+    async def _dst(self, call: Any, timeout_s: float | None = None) -> Any:
         try:
-            return await call
+            return await asyncio.wait_for(call, timeout_s or self.config.stage_timeout_s)
+        except TimeoutError:
+            raise _Abort(MigrationStatus.ABORTED_DST, "destination missed its deadline") from None
         except Exception as err:  # the destination failed or died: keep it on the source
             raise _Abort(MigrationStatus.ABORTED_DST, f"destination failed: {err!r}") from err
 
@@ -188,5 +202,8 @@ class Migration:
             except Exception as err:  # a dead destination holds nothing to free
                 log.warning("abort on destination %s failed: %r", self.dst_instance_id, err)
         if self.paused:
-            await self.src.resume(self.request_id)
+            try:
+                await self.src.resume(self.request_id)
+            except Exception as err:  # the source died: failover resumes the request
+                log.warning("resume on source %s failed: %r", self.src_instance_id, err)
             self.paused = False

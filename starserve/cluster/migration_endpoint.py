@@ -101,10 +101,19 @@ class MigrationEndpoint:
             self.predictions.seed(request_id, transfer.prediction)
             self._wakeup.set()
 
+    def grow_reservation(self, request_id: str, num_tokens: int) -> bool:
+        with self._lock:
+            return bool(self.engine.grow_import(request_id, num_tokens))
+
     def abort_import(self, request_id: str) -> None:
+        """Free the reservation; a commit that landed after its caller gave up (deadline) is
+        dropped silently too: the request goes on at the source."""
         with self._lock:
             self.engine.abort_import(request_id)
             self._importing.pop(request_id, None)
+            if any(row[0] == request_id for row in self.engine.stats().requests):
+                self.engine.release_request(request_id)
+        self.predictions.forget(request_id)
 
 
 def _incoming_load(transfer: KvTransfer) -> RequestLoad:

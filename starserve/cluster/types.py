@@ -10,6 +10,24 @@ from starserve.mechanism.prediction import Prediction
 from starserve.policy.types import InstanceSnapshot
 
 
+class InstanceDiedError(RuntimeError):
+    """An instance's process is gone (Ray actor death): what the adapters raise instead of
+    Ray's own errors, so the controller matches it by type without importing Ray."""
+
+    def __init__(self, instance_id: int, detail: str = ""):
+        super().__init__(f"instance {instance_id} died{': ' + detail if detail else ''}")
+        self.instance_id = instance_id
+
+
+class InstanceUnavailableError(RuntimeError):
+    """A call did not reach a live instance (Ray could not say it finished); not a death."""
+
+
+class NoInstanceError(RuntimeError):
+    """No live instance of a role the request needs (or none had room in time): the server
+    answers 503. Raised by the controller; crosses Ray as this type."""
+
+
 @dataclass(frozen=True, slots=True)
 class OutputChunk:
     """Tokens an instance produced for one request, tagged with their position in the output.
@@ -88,3 +106,4 @@ class InstancePoll:
     num_running: int
     num_preemptions_total: int
     num_steps: int
+    incarnation: int = 0  # the instance's process id: a change means it restarted (state lost)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import threading
 from dataclasses import dataclass, field
 from typing import Any
@@ -58,6 +59,9 @@ class InstanceWorker(MigrationEndpoint):
 
     # --- lifecycle -----------------------------------------------------------------------
     def start(self) -> None:
+        """Start the stepping thread (idempotent: a restart routine may call it again)."""
+        if self._thread is not None and self._thread.is_alive():
+            return
         self._thread = threading.Thread(target=self._loop, name=f"step-{self.instance_id}")
         self._thread.daemon = True
         self._thread.start()
@@ -70,6 +74,14 @@ class InstanceWorker(MigrationEndpoint):
 
     def ready(self) -> int:
         return self.instance_id
+
+    def num_pending_prefills(self) -> int:
+        """Prefill calls waiting for their first token (no lock: tests watch it mid-step)."""
+        return len(self._pending)
+
+    def pid(self) -> int:
+        """The process this instance runs in (fault tests kill it)."""
+        return os.getpid()
 
     def _loop(self) -> None:
         while not self._stop.is_set():
@@ -152,6 +164,10 @@ class InstanceWorker(MigrationEndpoint):
         """The context length this instance accepts (prompt + output tokens)."""
         return int(self.engine.max_model_len)
 
+    def vocab_size(self) -> int:
+        """Prompt token ids must lie in [0, vocab_size) (the server checks before admitting)."""
+        return int(self.engine.weights.config.vocab_size)
+
     def add_request(self, request_id: str, prompt: list[int], params: Any) -> None:
         """Run a request to completion here (raises ValueError on bad input)."""
         with self._lock:
@@ -200,13 +216,45 @@ class InstanceWorker(MigrationEndpoint):
     def _token_budget(self, request_id: str) -> int | None:
         return next((row[3] for row in self.engine.stats().requests if row[0] == request_id), None)
 
-    def import_request(self, transfer: KvTransfer) -> None:
-        """Continue a prefilled request here, with the prediction it carries (EngineFullError
-        when there is no room)."""
+    def import_request(self, transfer: KvTransfer) -> bool:
+        """Continue a prefilled request here, with the prediction it carries; False (nothing
+        taken) when there is no room.
+
+        "Full" is a status, not an exception: it crosses Ray as a plain bool, so callers never
+        match an error by its name."""
+        from starserve.engine import EngineFullError
+
         with self._lock:
-            self.engine.import_request(transfer.kv)
+            try:
+                self.engine.import_request(transfer.kv)
+            except EngineFullError:
+                return False
             self.predictions.seed(transfer.kv.request_id, transfer.prediction)
             self._wakeup.set()
+        return True
+
+    def replay(self, request_id: str, prompt: list[int], generated: list[int], params: Any) -> bool:
+        """Token replay of a request whose instance died: recompute prompt + `generated` and
+        continue from the next token. False (nothing taken) when there is no room now."""
+        num_tokens = len(prompt) + len(generated) + 1
+        with self._lock:
+            if not self.engine.can_import(num_tokens):
+                return False
+            self.engine.replay_request(request_id, prompt, generated, params)
+            self._wakeup.set()
+        return True
+
+    def warm_up(self) -> int:
+        """One real engine step on a throwaway request: an instance (re)joins the policies'
+        view only once it has computed a token."""
+        from starserve.engine import SamplingParams
+
+        request_id = f"warm-up-{self.instance_id}"
+        with self._lock:
+            self.engine.add_request(request_id, [0], SamplingParams(max_tokens=1, temperature=0))
+            while request_id in self.engine.seqs:
+                self.step_locked()  # publishes other requests' tokens as usual
+        return self.instance_id
 
     def can_import(self, num_tokens: int) -> bool:
         with self._lock:
@@ -277,4 +325,5 @@ class InstanceWorker(MigrationEndpoint):
             num_running=stats.num_running,
             num_preemptions_total=stats.num_preemptions_total,
             num_steps=self.num_steps,
+            incarnation=os.getpid(),
         )

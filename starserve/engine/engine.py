@@ -20,7 +20,7 @@ from starserve.engine.migration import MigrationMixin
 from starserve.engine.outputs import EngineStats, RequestOutput
 from starserve.engine.params import SamplingParams
 from starserve.engine.runner import ModelRunner
-from starserve.engine.sampler import sample
+from starserve.engine.sampler import advance_generator, sample
 from starserve.engine.scheduler import ScheduledChunk, Scheduler
 from starserve.engine.sequence import Sequence, SequenceStatus
 from starserve.model.llama import ForwardOutput
@@ -134,6 +134,32 @@ class Engine(MigrationMixin):
         if params.seed is not None:
             generator = torch.Generator().manual_seed(params.seed)
         seq = Sequence(request_id, token_ids, len(token_ids), params, generator)
+        self.seqs[request_id] = seq
+        self.scheduler.add(seq)
+
+    def replay_request(
+        self,
+        request_id: str,
+        prompt_ids: list[int],
+        generated_ids: list[int],
+        params: SamplingParams,
+    ) -> None:
+        """Continue a request whose instance died: recompute the KV of prompt + the tokens it
+        already produced and go on from the next one, as a preempted request would. The
+        detokenizer replays those tokens (their text was streamed already) and a seeded
+        generator skips their draws, so the continuation is what the lost instance would have
+        produced. ValueError on bad input, like `add_request`."""
+        token_ids = [*prompt_ids, *generated_ids]
+        self.check_new_request(request_id, token_ids, params)
+        generator = None
+        if params.seed is not None:
+            generator = torch.Generator().manual_seed(params.seed)
+            advance_generator(generator, 0 if params.greedy else len(generated_ids))
+        seq = Sequence(request_id, token_ids, len(prompt_ids), params, generator)
+        for end in range(1, len(generated_ids) + 1):
+            self.detokenizer.update(seq.detok, generated_ids[:end], params.stop)
+            self.detokenizer.emit(seq.detok, params.stop, False)
+        seq.was_preempted = bool(generated_ids)
         self.seqs[request_id] = seq
         self.scheduler.add(seq)
 

@@ -119,6 +119,18 @@ class MigrationMixin:
         self.blocks.reserve(request_id, num_tokens)
         return True
 
+    def grow_import(self, request_id: str, num_tokens: int) -> bool:
+        """Extend a reservation to `num_tokens` positions; False (unchanged) when there is no
+        room or no reservation."""
+        blocks = self.blocks.reservation(request_id)
+        if blocks is None:
+            return False
+        missing = blocks_for(num_tokens, self.block_size) - len(blocks)
+        if missing > self.blocks.num_free_blocks:
+            return False
+        self.blocks.reserve(request_id, num_tokens)
+        return True
+
     def write_import_stage(self, snapshot: RequestSnapshot) -> None:
         """Copy a stage's KV blocks into the reservation (grown if the request grew)."""
         blocks = self.blocks.reservation(snapshot.request_id)

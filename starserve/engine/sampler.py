@@ -1,7 +1,9 @@
 """Token sampling: greedy rows in one argmax; sampled rows share one softmax and one top-k.
 
 Temperature, then top-k, then top-p over the top-k survivors, then one draw from the request's
-own generator (so a seeded request samples the same tokens wherever it runs). The nucleus is
+own generator (so a seeded request samples the same tokens wherever it runs). Every sampled
+token takes exactly one uniform draw from its generator (`advance_generator` relies on it: a
+request replayed after a failure fast-forwards its seeded stream by its token count). The nucleus is
 found among the `CANDIDATES` most likely tokens of every row at once; a row whose nucleus could
 reach past them (top-p near 1 without a small top-k) is sampled over the whole vocabulary.
 """
@@ -27,7 +29,17 @@ def sample_row(logits: torch.Tensor, params: SamplingParams, generator: torch.Ge
         mass_before = torch.cumsum(sorted_probs, dim=-1) - sorted_probs
         sorted_probs = sorted_probs.masked_fill(mass_before >= params.top_p, 0.0)
         probs = torch.zeros_like(probs).scatter_(0, order, sorted_probs)
-    return int(torch.multinomial(probs, 1, generator=generator).item())
+    cumulative = probs.cumsum(-1)
+    draw = torch.rand((), generator=generator) * cumulative[-1]
+    position = int(torch.searchsorted(cumulative, draw, right=True))
+    return min(position, int(torch.nonzero(probs).max()))  # never past the last kept token
+
+
+def advance_generator(generator: torch.Generator, num_draws: int) -> torch.Generator:
+    """Skip `num_draws` sampled tokens' draws (one uniform each; see the module docstring)."""
+    for _ in range(num_draws):
+        torch.rand((), generator=generator)
+    return generator
 
 
 def nucleus(

@@ -50,6 +50,11 @@ class MigrationConfig:
     max_stages: int = 3  # every stage, the final paused one included (Llumnix's default)
     final_stage_max_blocks: int = 16  # go final once a copy stage carried at most this many
     reserve_headroom_tokens: int = 64  # growth the destination reserves for while copies run
+    # Deadlines of the live driver (None = none): past one the migration aborts and the request
+    # goes on at the source, whose blocks it still holds. The pause deadline bounds the paused
+    # final stage. The simulator's copies take modelled time and need none.
+    stage_timeout_s: float | None = 10.0
+    pause_timeout_s: float | None = 2.0
 
     def __post_init__(self) -> None:
         if self.max_stages < 1:

@@ -11,7 +11,8 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from starserve.server.backend import ClusterBackend
@@ -24,6 +25,7 @@ from starserve.server.protocol import (
     chat_chunk_body,
     completion_body,
     error_body,
+    error_responses,
     usage,
     usage_chunk_body,
 )
@@ -31,11 +33,19 @@ from starserve.server.streams import Piece, RequestFailed
 from starserve.server.validate import (
     chat_messages,
     check_model,
+    check_token_ids,
     completion_prompt,
     sampling_params,
 )
 
 OPEN_PATHS = ("/health", "/metrics")  # answered without an API key
+GENERATION_ERRORS = error_responses(400, 401, 404, 429, 500, 503)
+GENERATION_200: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "the completion (JSON), or with `stream` its chunks as server-sent events",
+        "content": {"application/json": {}, "text/event-stream": {"schema": {"type": "string"}}},
+    }
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +53,16 @@ class ServerSettings:
     model_name: str
     api_key: str | None = None
     max_num_requests: int = 256  # admission limit: more in flight -> 429
+    # Every request ends by a deadline derived from its budget (base + per output token), and
+    # a stream with no token for `stall_timeout_s` ends with an error event, never silence.
+    request_timeout_base_s: float = 60.0
+    request_timeout_per_token_s: float = 1.0
+    stall_timeout_s: float = 60.0
+
+    def deadline_s(self, max_tokens: int) -> float:
+        """Monotonic deadline of a request admitted now that may generate `max_tokens`."""
+        budget_s = self.request_timeout_base_s + self.request_timeout_per_token_s * max_tokens
+        return time.monotonic() + budget_s
 
 
 @dataclass(slots=True)
@@ -63,6 +83,7 @@ class _Generation:
     stream: bool
     include_usage: bool
     is_chat: bool
+    deadline_s: float  # monotonic
 
 
 def build_app(backend: ClusterBackend, settings: ServerSettings) -> FastAPI:
@@ -82,9 +103,9 @@ def build_app(backend: ClusterBackend, settings: ServerSettings) -> FastAPI:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_: Request, err: StarletteHTTPException) -> JSONResponse:
-        return JSONResponse(
-            error_body(err.status_code, str(err.detail)), status_code=err.status_code
-        )
+        # keeps Starlette's headers: a 405 says which methods the path takes (`Allow`)
+        body = error_body(err.status_code, str(err.detail))
+        return JSONResponse(body, status_code=err.status_code, headers=err.headers)
 
     @app.middleware("http")
     async def _auth(request: Request, call_next: Any) -> Response:
@@ -103,12 +124,16 @@ def build_app(backend: ClusterBackend, settings: ServerSettings) -> FastAPI:
     async def health() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/v1/models")
+    @app.get("/v1/models", responses=error_responses(401))
     async def models() -> dict[str, Any]:
         card = {"id": settings.model_name, "object": "model", "created": 0, "owned_by": "starserve"}
         return {"object": "list", "data": [card]}
 
-    @app.get("/metrics")
+    @app.get(
+        "/metrics",
+        response_class=PlainTextResponse,
+        responses={200: {"description": "Prometheus text exposition format"}},
+    )
     async def prometheus() -> Response:
         latest = await backend.metrics()
         for pause in backend.pauses[state["num_pauses_seen"] :]:
@@ -116,7 +141,7 @@ def build_app(backend: ClusterBackend, settings: ServerSettings) -> FastAPI:
         state["num_pauses_seen"] = len(backend.pauses)
         return Response(metrics.render(latest), media_type="text/plain; version=0.0.4")
 
-    @app.get("/v1/cluster/stats")
+    @app.get("/v1/cluster/stats", responses=error_responses(401))
     async def cluster_stats() -> dict[str, Any]:
         """starserve extension: preemptions per instance and every migrated request's pause."""
         latest = await backend.metrics()
@@ -129,18 +154,28 @@ def build_app(backend: ClusterBackend, settings: ServerSettings) -> FastAPI:
             "migration_pauses": [asdict(pause) for pause in backend.pauses],
         }
 
-    @app.post("/v1/completions")
+    @app.post("/v1/completions", responses={**GENERATION_200, **GENERATION_ERRORS})
     async def completions(body: CompletionRequest) -> Response:
         check_model(body.model, settings.model_name)
         prompt = completion_prompt(body)
-        ids = prompt if isinstance(prompt, list) else await backend.encode(prompt, None)
+        ids = prompt if isinstance(prompt, list) else await _encode(prompt, None)
+        check_token_ids(ids, backend.vocab_size)
         return await _run(body, ids, is_chat=False)
 
-    @app.post("/v1/chat/completions")
+    @app.post("/v1/chat/completions", responses={**GENERATION_200, **GENERATION_ERRORS})
     async def chat_completions(body: ChatCompletionRequest) -> Response:
         check_model(body.model, settings.model_name)
-        ids = await backend.encode(None, chat_messages(body))
+        ids = await _encode(None, chat_messages(body))
         return await _run(body, ids, is_chat=True)
+
+    async def _encode(prompt: str | None, messages: list[dict[str, str]] | None) -> list[int]:
+        try:
+            return await backend.encode(prompt, messages)
+        except RequestFailed as err:
+            raise ApiError(err.status_code, str(err)) from None
+        except Exception as err:  # the tokenizer or chat template rejected the input
+            message = str(getattr(err, "cause", err)).strip().splitlines()[-1]
+            raise ApiError(400, f"the prompt cannot be tokenized: {message}") from None
 
     async def _run(
         body: CompletionRequest | ChatCompletionRequest, ids: list[int], is_chat: bool
@@ -157,6 +192,7 @@ def build_app(backend: ClusterBackend, settings: ServerSettings) -> FastAPI:
             stream=body.stream,
             include_usage=bool(body.stream_options and body.stream_options.include_usage),
             is_chat=is_chat,
+            deadline_s=settings.deadline_s(params.max_tokens),
         )
         state["num_active"] += 1  # admitted: released when the response ends, however it ends
         if gen.stream:
@@ -177,7 +213,10 @@ def build_app(backend: ClusterBackend, settings: ServerSettings) -> FastAPI:
         """The request's pieces in order, counted into `tally` and the latency histograms."""
         arrival_s, times = time.time(), list[float]()
         try:
-            async for piece in backend.generate(gen.request_id, gen.prompt, gen.params):
+            pieces = backend.generate(
+                gen.request_id, gen.prompt, gen.params, gen.deadline_s, settings.stall_timeout_s
+            )
+            async for piece in pieces:
                 times.extend(time.time() for _ in piece.token_ids)
                 tally.num_generated += len(piece.token_ids)
                 tally.num_prompt = piece.num_prompt_tokens or tally.num_prompt
@@ -191,7 +230,7 @@ def build_app(backend: ClusterBackend, settings: ServerSettings) -> FastAPI:
         try:
             text = "".join([piece.text async for piece in _tracked(gen, tally)])
         except RequestFailed as err:
-            raise ApiError(500, f"generation failed: {err}") from None
+            raise ApiError(err.status_code, f"generation failed: {err}") from None
         metrics.requests.labels("200").inc()
         build = chat_body if gen.is_chat else completion_body
         use = usage(tally.num_prompt, tally.num_generated)
@@ -206,8 +245,9 @@ def build_app(backend: ClusterBackend, settings: ServerSettings) -> FastAPI:
             async for piece in _tracked(gen, tally):
                 if piece.token_ids or piece.finished:  # one event per token step, as vLLM
                     yield _event(_stream_body(gen, piece))
-        except RequestFailed as err:
-            yield _event(error_body(500, f"generation failed: {err}"))
+        except RequestFailed as err:  # the stream ends with an error event, then [DONE]
+            metrics.requests.labels(str(err.status_code)).inc()
+            yield _event(error_body(err.status_code, f"generation failed: {err}"))
         else:
             metrics.requests.labels("200").inc()
         if gen.include_usage:
@@ -216,7 +256,22 @@ def build_app(backend: ClusterBackend, settings: ServerSettings) -> FastAPI:
             yield _event(usage_chunk_body(gen.request_id, gen.model, obj, use))
         yield "data: [DONE]\n\n"
 
+    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
+
+
+def _openapi(app: FastAPI) -> dict[str, Any]:
+    """The published document, true to the server: FastAPI's automatic 422 never happens
+    (validation errors are 400 in OpenAI's shape), so it is not declared."""
+    if app.openapi_schema is None:
+        schema = get_openapi(title=app.title, version=app.version, routes=app.routes)
+        for operations in schema.get("paths", {}).values():
+            for operation in operations.values():
+                operation.get("responses", {}).pop("422", None)
+        for name in ("HTTPValidationError", "ValidationError"):
+            schema.get("components", {}).get("schemas", {}).pop(name, None)
+        app.openapi_schema = schema
+    return app.openapi_schema
 
 
 def _stream_body(gen: _Generation, piece: Piece) -> dict[str, Any]:

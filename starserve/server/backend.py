@@ -12,12 +12,12 @@ from typing import Any
 
 from starserve.cluster.controller import ClusterMetrics
 from starserve.cluster.launch import Cluster
-from starserve.cluster.types import MigrationRecord, MigrationStatus
-from starserve.server.streams import Piece, RequestStream
+from starserve.cluster.types import MigrationRecord, MigrationStatus, NoInstanceError
+from starserve.server.streams import Piece, RequestFailed, RequestStream
 
 log = logging.getLogger(__name__)
 
-OUTPUT_WAIT_S = 0.5  # long-poll length of each instance's output pump
+OUTPUT_WAIT_S = 0.5  # long-poll length of each instance's output pump (and the lost-pump's)
 KEEP_FINISHED = 4096  # finished requests whose token times are kept for migration stats
 
 
@@ -38,6 +38,7 @@ class ClusterBackend:
     def __init__(self, cluster: Cluster):
         self.cluster = cluster
         self._streams: dict[str, RequestStream] = {}
+        self._inputs: dict[str, tuple[list[int], Any]] = {}  # prompt, params (for replay)
         self._finished: OrderedDict[str, list[float]] = OrderedDict()
         self._pumps: list[asyncio.Task[None]] = []
         self._tasks: set[asyncio.Task[None]] = set()
@@ -50,7 +51,9 @@ class ClusterBackend:
         import starserve.engine  # noqa: F401  (warm: validation builds its SamplingParams)
 
         self._pumps = [asyncio.create_task(self._pump(h)) for h in self.cluster.instances]
-        self._max_model_len = await self.cluster.prefill[0].actor.max_model_len.remote()
+        self._pumps.append(asyncio.create_task(self._failover_pump()))
+        self._max_model_len = await self._ask("max_model_len")
+        self.vocab_size = await self._ask("vocab_size")
 
     async def stop(self) -> None:
         for task in [*self._pumps, *self._tasks]:
@@ -62,50 +65,114 @@ class ClusterBackend:
         return self._max_model_len
 
     async def encode(self, prompt: str | None, messages: list[dict[str, str]] | None) -> list[int]:
-        result: list[int] = await self.cluster.prefill[0].actor.encode.remote(prompt, messages)
+        """Token ids (through any instance that answers: tokenizing needs no particular one);
+        ValueError when the chat template rejects the messages."""
+        result: list[int] = await self._ask("encode", prompt, messages)
         return result
 
+    async def _ask(self, method: str, *args: Any) -> Any:
+        """Call `method` on the first instance that answers; RequestFailed(503) if none does.
+        Errors of the call itself (bad input) are raised as they are."""
+        from ray.exceptions import RayActorError
+
+        for handle in self.cluster.instances:
+            try:
+                return await getattr(handle.actor, method).remote(*args)
+            except RayActorError:
+                continue
+        raise RequestFailed("no instance is up", 503)
+
     async def _pump(self, handle: Any) -> None:
+        failing = False
         while True:
             try:
                 chunks = await handle.wait_outputs(OUTPUT_WAIT_S)
             except asyncio.CancelledError:
                 raise
-            except Exception:
-                log.exception("output pump of instance %s failed", handle.instance_id)
+            except Exception as err:  # dead or restarting: the controller fails it over
+                if not failing:
+                    log.warning("output pump of instance %s: %r", handle.instance_id, err)
+                failing = True
                 await asyncio.sleep(OUTPUT_WAIT_S)
                 continue
+            failing = False
             for chunk in chunks:
                 stream = self._streams.get(chunk.request_id)
                 if stream is not None:
                     stream.push(chunk)
 
-    async def generate(
-        self, request_id: str, prompt: list[int], params: Any
-    ) -> AsyncIterator[Piece]:
-        """Submit and yield the output in order; aborts the request if the caller stops early."""
-        stream = RequestStream(request_id)
-        self._streams[request_id] = stream
-        task = asyncio.create_task(self._submit(stream, prompt, params))
+    async def _failover_pump(self) -> None:
+        """Resume each request the controller lost with a dead instance from the tokens the
+        client already has (token replay on a live instance)."""
+        while True:
+            try:
+                lost = await self.cluster.controller.wait_lost.remote(OUTPUT_WAIT_S)
+            except asyncio.CancelledError:
+                raise
+            except Exception as err:
+                log.warning("failover pump: %r", err)
+                await asyncio.sleep(OUTPUT_WAIT_S)
+                continue
+            for request_id in lost:
+                stream = self._streams.get(request_id)
+                if stream is not None and not stream.finished:
+                    self._spawn(self._resume(stream))
+
+    async def _resume(self, stream: RequestStream) -> None:
+        prompt, params = self._inputs[stream.request_id]
+        stream.drop_pending()
+        log.warning("resuming %s after %d tokens", stream.request_id, len(stream.token_ids))
+        try:
+            await self.cluster.controller.resume.remote(
+                stream.request_id, prompt, list(stream.token_ids), params
+            )
+        except Exception as err:
+            stream.fail(_failure(stream.request_id, err))
+
+    def _spawn(self, work: Any) -> None:
+        task = asyncio.create_task(work)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    async def generate(
+        self,
+        request_id: str,
+        prompt: list[int],
+        params: Any,
+        deadline_s: float,
+        stall_timeout_s: float,
+    ) -> AsyncIterator[Piece]:
+        """Submit and yield the output in order; aborts the request in the cluster unless its
+        last token arrived (the caller stopped early, disconnected, or it failed or timed out).
+        `deadline_s` is monotonic; RequestFailed(503) past it or after a stall."""
+        stream = RequestStream(request_id)
+        self._streams[request_id] = stream
+        self._inputs[request_id] = (prompt, params)
+        self._spawn(self._submit(stream, prompt, params))
         try:
-            async for piece in stream.pieces():
+            async for piece in stream.pieces(deadline_s, stall_timeout_s):
                 yield piece
         finally:
             self._streams.pop(request_id, None)
+            self._inputs.pop(request_id, None)
             self._finished[request_id] = stream.token_times_s
             while len(self._finished) > KEEP_FINISHED:
                 self._finished.popitem(last=False)
-            if not stream.finished:
-                await self.cluster.controller.abort.remote(request_id)
+            if not stream.completed:  # its own task: a cancelled caller cannot cancel it
+                self._spawn(self._abort(request_id))
+
+    async def _abort(self, request_id: str) -> None:
+        try:
+            await self.cluster.controller.abort.remote(request_id)
+        except Exception as err:
+            log.warning("abort of %s failed: %r", request_id, err)
 
     async def _submit(self, stream: RequestStream, prompt: list[int], params: Any) -> None:
         try:
             await self.cluster.controller.submit.remote(stream.request_id, prompt, params)
         except Exception as err:
             log.error("request %s failed: %s", stream.request_id, err)
-            stream.fail(err)
+            stream.fail(_failure(stream.request_id, err))
 
     async def metrics(self) -> ClusterMetrics:
         metrics: ClusterMetrics = await self.cluster.controller.metrics.remote(self._records_seen)
@@ -125,6 +192,18 @@ class ClusterBackend:
             if record.status is MigrationStatus.FINISHED:
                 self.pauses.append(_pause_of(record, times))
         self._unjoined = waiting
+
+
+def _failure(request_id: str, err: BaseException) -> RequestFailed:
+    """What the client is told: 503 when no instance could take the request, else 500."""
+    if isinstance(err, NoInstanceError):  # Ray re-raises the controller's error as this type
+        return RequestFailed(f"service unavailable: {_cause(err)}", 503)
+    return RequestFailed(f"request {request_id} failed: {_cause(err)}")
+
+
+def _cause(err: BaseException) -> str:
+    cause = getattr(err, "cause", None)  # a RayTaskError's original exception
+    return str(cause if cause is not None else err).strip().splitlines()[-1]
 
 
 def _pause_of(record: MigrationRecord, times: list[float]) -> MigrationPause:

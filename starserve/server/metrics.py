@@ -60,6 +60,7 @@ class _ClusterCollector(Collector):
             preemptions.add_metric(values, float(poll.num_preemptions_total))
         yield from gauges.values()
         yield preemptions
+        yield from _health(metrics)
         started = CounterMetricFamily("starserve_migrations_started", "migrations started")
         started.add_metric([], float(metrics.num_migrations_started))
         yield started
@@ -70,6 +71,26 @@ class _ClusterCollector(Collector):
             if status != "running":
                 ended.add_metric([status], float(count))
         yield ended
+
+
+def _health(metrics: ClusterMetrics) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+    """Up/down per instance, failures and restarts (`starserve_instance_failures_total`)."""
+    labels = ["instance", "role"]
+    up = GaugeMetricFamily("starserve_instance_up", "1 while the instance serves", labels=labels)
+    failures = CounterMetricFamily(
+        "starserve_instance_failures", "times the instance was found dead", labels=labels
+    )
+    restarts = CounterMetricFamily(
+        "starserve_instance_restarts", "times the instance came back", labels=labels
+    )
+    roles = [(i, "prefill") for i in metrics.prefill_instance_ids]
+    roles += [(i, "decode") for i in metrics.decode_instance_ids]
+    for instance_id, role in roles:
+        values = [str(instance_id), role]
+        up.add_metric(values, 0.0 if instance_id in metrics.down_instance_ids else 1.0)
+        failures.add_metric(values, float(metrics.num_failures_by_instance.get(instance_id, 0)))
+        restarts.add_metric(values, float(metrics.num_restarts_by_instance.get(instance_id, 0)))
+    yield from (up, failures, restarts)
 
 
 class ServerMetrics:

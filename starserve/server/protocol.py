@@ -25,9 +25,39 @@ ERROR_TYPES = {
     400: "invalid_request_error",
     401: "authentication_error",
     404: "not_found_error",
+    405: "method_not_allowed",
     429: "rate_limit_exceeded",
     500: "internal_server_error",
+    503: "service_unavailable",
 }
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None
+    code: int
+
+
+class ErrorResponse(BaseModel):
+    """OpenAI's error shape: every non-200 answer of the API."""
+
+    error: ErrorDetail
+
+
+ERROR_MEANINGS = {
+    400: "invalid request (malformed JSON, unknown model, bad field values, prompt too long)",
+    401: "missing or wrong API key (only when the server has one)",
+    404: "no such path",
+    429: "admission limit reached: too many requests in flight",
+    500: "the request failed inside the cluster",
+    503: "no instance of a needed role is up, or the request missed its deadline",
+}
+
+
+def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses` entries for these error statuses (all in the error schema)."""
+    return {code: {"model": ErrorResponse, "description": ERROR_MEANINGS[code]} for code in codes}
 
 
 def error_body(status_code: int, message: str, param: str | None = None) -> dict[str, Any]:

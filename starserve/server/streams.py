@@ -8,6 +8,7 @@ stream hands them on strictly in order, so a client never sees a token twice or 
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -27,7 +28,12 @@ class Piece:
 
 
 class RequestFailed(RuntimeError):
-    """The cluster could not run the request."""
+    """The cluster could not run the request; `status_code` is what the client is told
+    (503: no instance can take it now, or it missed its deadline; 500: it failed)."""
+
+    def __init__(self, message: str, status_code: int = 500):
+        super().__init__(message)
+        self.status_code = status_code
 
 
 @dataclass(slots=True)
@@ -35,7 +41,9 @@ class RequestStream:
     request_id: str
     next_token_index: int = 0
     finished: bool = False
+    completed: bool = False  # its last token arrived (not failed)
     num_prompt_tokens: int = 0
+    token_ids: list[int] = field(default_factory=list)  # delivered, in order (for replay)
     token_times_s: list[float] = field(default_factory=list)  # wall clock of each token
     _pending: list[OutputChunk] = field(default_factory=list)
     _queue: asyncio.Queue[Piece | BaseException] = field(default_factory=asyncio.Queue)
@@ -68,20 +76,40 @@ class RequestStream:
         now = time.time()
         self.token_times_s.extend(now for _ in token_ids)
         self.next_token_index += len(token_ids)
+        self.token_ids.extend(token_ids)
         self.num_prompt_tokens = chunk.num_prompt_tokens
-        self.finished = chunk.finished
+        self.finished = self.completed = chunk.finished
         text = chunk.text if skip == 0 else ""
         self._queue.put_nowait(
             Piece(token_ids, text, chunk.finished, chunk.finish_reason, chunk.num_prompt_tokens)
         )
 
-    def fail(self, error: BaseException) -> None:
-        self.finished = True
-        self._queue.put_nowait(error)
+    def drop_pending(self) -> None:
+        """Forget out-of-order chunks (a replay on another instance produces them again)."""
+        self._pending.clear()
 
-    async def pieces(self) -> AsyncIterator[Piece]:
+    def fail(self, error: BaseException) -> None:
+        if not self.finished:
+            self.finished = True
+            self._queue.put_nowait(error)
+
+    async def pieces(
+        self, deadline_s: float = math.inf, stall_timeout_s: float = math.inf
+    ) -> AsyncIterator[Piece]:
+        """Pieces in order until the last; RequestFailed(503) past the monotonic `deadline_s`
+        or after `stall_timeout_s` without any token, so no stream waits forever."""
         while True:
-            item = await self._queue.get()
+            wait_s = min(stall_timeout_s, deadline_s - time.monotonic())
+            try:
+                timeout_s = None if math.isinf(wait_s) else max(0.0, wait_s)
+                item = await asyncio.wait_for(self._queue.get(), timeout_s)
+            except TimeoutError:
+                late = time.monotonic() >= deadline_s
+                why = "its deadline passed" if late else f"no token for {stall_timeout_s:g} s"
+                self.fail(RuntimeError(why))
+                raise RequestFailed(f"request {self.request_id} stopped: {why}", 503) from None
+            if isinstance(item, RequestFailed):
+                raise item
             if isinstance(item, BaseException):
                 raise RequestFailed(str(item)) from item
             yield item

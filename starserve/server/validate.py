@@ -6,6 +6,8 @@ from typing import Any
 
 from starserve.server.protocol import ApiError, ChatCompletionRequest, CompletionRequest
 
+MAX_INT32 = 2**31 - 1
+
 
 def check_model(requested: str, served: str) -> None:
     if requested != served:
@@ -25,6 +27,11 @@ def completion_prompt(request: CompletionRequest) -> str | list[int]:
     if isinstance(prompt, list):
         return [int(token) for token in prompt]
     return prompt
+
+
+def check_token_ids(token_ids: list[int], vocab_size: int) -> None:
+    if any(not 0 <= token < vocab_size for token in token_ids):
+        raise ApiError(400, f"prompt token ids must be in [0, {vocab_size})", param="prompt")
 
 
 def chat_messages(request: ChatCompletionRequest) -> list[dict[str, str]]:
@@ -85,7 +92,8 @@ def _check_ranges(request: CompletionRequest | ChatCompletionRequest) -> None:
         ("top_p", request.top_p, lambda v: 0 < v <= 1, "in (0, 1]"),
         ("max_tokens", request.max_tokens, lambda v: v >= 1, "at least 1"),
         ("max_completion_tokens", request.max_completion_tokens, lambda v: v >= 1, "at least 1"),
-        ("top_k", request.top_k, lambda v: v >= -1, "-1 (off), 0 (off) or positive"),
+        ("top_k", request.top_k, lambda v: -1 <= v <= MAX_INT32, "-1 (off), 0 (off) or positive"),
+        ("seed", request.seed, lambda v: -(2**63) <= v < 2**64, "a 64-bit integer"),
     )
     for name, value, ok, expected in checks:
         if value is not None and not ok(value):

@@ -12,11 +12,9 @@ from typing import Any
 
 import torch
 
+from starserve.engine import EngineFullError  # the worker turns it into a "full" status
+
 EOS = 2
-
-
-class EngineFullError(RuntimeError):
-    """Same name as the engine's: the controller retries imports that fail with it."""
 
 
 @dataclass(slots=True)
@@ -188,6 +186,16 @@ class FakeEngine:
         req = _Req(request_id, [], 0, FakeParams(), importing=True)
         req.block_ids = [self.free_block_ids.pop(0) for _ in range(num_blocks)]
         self.requests[request_id] = req
+        return True
+
+    def grow_import(self, request_id: str, num_tokens: int) -> bool:
+        req = self.requests.get(request_id)
+        if req is None or not req.importing:
+            return False
+        missing = -(-num_tokens // self.block_size) - len(req.block_ids)
+        if missing > len(self.free_block_ids):
+            return False
+        req.block_ids += [self.free_block_ids.pop(0) for _ in range(max(0, missing))]
         return True
 
     def write_import_stage(self, snap: FakeSnapshot) -> None:

@@ -1,0 +1,137 @@
+"""The controller's abort and failure paths in one process (fake engine, real workers and
+stepping threads): an abort that lands during any migration stage, or while a request waits
+for room, leaves nothing behind; with no decode instance up a request fails at once."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import pytest
+
+from starserve.cluster.controller import Controller
+from starserve.cluster.handles import LocalInstance
+from starserve.cluster.policies import FunctionPolicy
+from starserve.cluster.types import MigrationStatus, NoInstanceError, WorkerConfig
+from starserve.cluster.worker import InstanceWorker
+from tests.cluster.fake_engine import FakeEngine, FakeParams
+from tests.cluster.test_controller import herd
+
+
+class GatedInstance(LocalInstance):
+    """Holds one named call at a gate until the test opens it."""
+
+    def __init__(self, worker: InstanceWorker, gated: str):
+        super().__init__(worker)
+        self.gated, self.entered, self.gate = gated, asyncio.Event(), asyncio.Event()
+
+    async def _call(self, name: str, *args: Any) -> Any:
+        if name == self.gated:
+            self.entered.set()
+            await self.gate.wait()
+        return await super()._call(name, *args)
+
+
+def workers(num_blocks: int = 256) -> list[InstanceWorker]:
+    made = [InstanceWorker(WorkerConfig(i), engine=FakeEngine(num_blocks)) for i in range(3)]
+    for worker in made:
+        worker.start()
+    return made
+
+
+def assert_empty(made: list[InstanceWorker]) -> None:
+    time.sleep(0.1)
+    for worker in made:
+        stats = worker.engine.stats()
+        assert stats.requests == (), f"instance {worker.instance_id} still runs {stats.requests}"
+        assert stats.num_free_blocks == stats.num_total_blocks, f"{worker.instance_id} leaks"
+
+
+def controller_for(prefill: Any, decode: list[Any]) -> Controller:
+    never = FunctionPolicy("herd", herd, lambda snapshots: [])
+    return Controller(prefill=[prefill], decode=decode, policy=never, poll_interval_s=0.01)
+
+
+@pytest.mark.parametrize(
+    ("side", "call"),
+    [("dst", "reserve"), ("dst", "write_stage"), ("dst", "grow_reservation"),
+     ("src", "pause_and_export"), ("dst", "commit")],
+)  # fmt: skip
+def test_abort_during_a_migration_stage_leaves_nothing(side: str, call: str) -> None:
+    made = workers()
+    src = GatedInstance(made[1], call if side == "src" else "")
+    dst = GatedInstance(made[2], call if side == "dst" else "")
+    controller = controller_for(LocalInstance(made[0]), [src, dst])
+
+    async def run() -> None:
+        await controller.start()
+        await controller.submit("r", [5, 6, 7], FakeParams(10_000))
+        await asyncio.sleep(0.05)
+        migration = asyncio.create_task(controller.migrate("r", dst.instance_id))
+        await asyncio.wait_for((src if side == "src" else dst).entered.wait(), 10)
+        await controller.abort("r")
+        src.gate.set()
+        dst.gate.set()
+        record = await migration
+        if record.status is MigrationStatus.FINISHED:  # committed first: dropped there after
+            assert record.dst_instance_id == dst.instance_id
+        await controller.stop()
+
+    try:
+        asyncio.run(run())
+        assert_empty(made)
+    finally:
+        for worker in made:
+            worker.stop()
+
+
+def test_abort_while_waiting_for_room_is_never_imported() -> None:
+    """The destination is full; the request retries (listed as incoming once) until the
+    client gives up; when room appears later it must not be imported for nobody."""
+    made = workers(num_blocks=8)
+    controller = controller_for(LocalInstance(made[0]), [LocalInstance(made[1])])
+
+    async def run() -> None:
+        await controller.start()
+        assert made[1].reserve("blocker", 28)  # 7 of the destination's 8 blocks
+        waiting = asyncio.create_task(controller.submit("late", list(range(1, 21)), FakeParams(4)))
+        await asyncio.sleep(0.3)
+        assert not waiting.done()
+        incoming = [r.request_id for s in controller.decode_snapshots() for r in s.incoming]
+        assert incoming.count("late") == 1
+        await controller.abort("late")
+        await asyncio.wait_for(waiting, 5)
+        made[1].abort_import("blocker")  # room for "late" now, which must stay away
+        await asyncio.sleep(0.3)
+        await controller.stop()
+
+    try:
+        asyncio.run(run())
+        assert_empty(made)
+    finally:
+        for worker in made:
+            worker.stop()
+
+
+def test_no_decode_instance_up_fails_at_once() -> None:
+    made = workers()
+    decode = [LocalInstance(made[1]), LocalInstance(made[2])]
+    controller = controller_for(LocalInstance(made[0]), decode)
+
+    async def run() -> float:
+        await controller.start()
+        for handle in decode:
+            controller.health.fail(handle, "decode", "test", kill=False)
+        started = time.monotonic()
+        with pytest.raises(NoInstanceError):
+            await controller.submit("r", [5, 6, 7], FakeParams(8))
+        await controller.stop()
+        return time.monotonic() - started
+
+    try:
+        assert asyncio.run(run()) < 1.0
+        assert_empty(made)
+    finally:
+        for worker in made:
+            worker.stop()
