@@ -251,6 +251,7 @@ class Controller:
                     continue
                 if accepted:
                     self._placed(request_id, target.instance_id)
+                    await self._poll([target])  # its worker reports the request from now on
                     if request_id in self._aborted:  # aborted while it was being imported
                         await self._abort_on([target], request_id)
                     return
