@@ -67,6 +67,24 @@ def llumnix_dispatch_freeness(snapshot: InstanceSnapshot) -> float:
     return available / num_requests
 
 
+def kv_cache_usage_ratio_projected(snapshot: InstanceSnapshot) -> float:
+    """Llumnix v1's decode load metric (`kv_cache_usage_ratio_projected`): KV tokens in use
+    plus those already promised (waiting prefills/decodes, decodes dispatched but not yet
+    running), over the instance's KV capacity. Requests dispatched here that wait for blocks
+    are `num_waiting_blocks`; those whose KV is in transfer already hold their blocks."""
+    capacity = snapshot.num_total_blocks
+    if capacity <= 0:
+        return math.inf
+    return (snapshot.num_used_blocks + snapshot.num_waiting_blocks) / capacity
+
+
+def num_queued_requests(snapshot: InstanceSnapshot) -> int:
+    """Requests sent to the instance and not finished (running, waiting, KV in transfer):
+    the queue length Ray Serve's power-of-two-choices router compares."""
+    pending = len(snapshot.incoming) if snapshot.incoming else snapshot.num_waiting
+    return len(snapshot.requests) + pending
+
+
 def predicted_remaining(request: RequestLoad) -> float:
     """The request's predicted remaining tokens; without a prediction yet, as many as it has
     generated so far (at least 1) — the median-unbiased guess for a heavy-tailed length."""

@@ -18,6 +18,7 @@ from starserve.policy.load import (
     StarWeighting,
     cluster_loads,
     instance_items,
+    kv_cache_usage_ratio_projected,
     llumnix_freeness,
     load_of_items,
     predicted_remaining,
@@ -79,6 +80,39 @@ def llumnix(
     decisions = []
     for src, dst in zip(llumnix_sources(snapshots), llumnix_destinations(snapshots), strict=False):
         if src.instance_id == dst.instance_id:
+            continue
+        request = shortest_request(src)
+        decisions.append(MigrationDecision(request.request_id, src.instance_id, dst.instance_id))
+    return decisions
+
+
+# Llumnix v1's rescheduler defaults (llumnix-project/llumnix, pkg/consts/consts.go):
+# decode_load policy on kv_cache_usage_ratio_projected, a source at >= 1.0 and a destination
+# below it, a pair kept only if the two differ by >= 0.01, requests picked shortest running
+# first (SR) until >= 1 token is selected (rule TOKEN, value 1: one request), every 500 ms.
+LLUMNIX_V1_DECODE_LOAD_THRESHOLD = 1.0
+LLUMNIX_V1_LOAD_BALANCE_THRESHOLD = 0.01
+LLUMNIX_V1_RESCHEDULE_INTERVAL_S = 0.5
+
+
+def llumnix_v1(
+    snapshots: Sequence[InstanceSnapshot], cache: ItemsCache | None = None
+) -> list[MigrationDecision]:
+    """Llumnix v1's `decode_load` rescheduling: sources (projected usage >= the threshold)
+    most loaded first, destinations (below it) least loaded first, each instance in at most
+    one pair (`metricBalanceSelector`); a pair whose loads differ by less than the
+    load-balance threshold is dropped; the source sends its shortest running request."""
+    idle = _idle(snapshots)
+    load = {s.instance_id: kv_cache_usage_ratio_projected(s) for s in idle}
+    sources = [
+        s for s in idle if s.requests and load[s.instance_id] >= LLUMNIX_V1_DECODE_LOAD_THRESHOLD
+    ]
+    dests = [s for s in idle if load[s.instance_id] < LLUMNIX_V1_DECODE_LOAD_THRESHOLD]
+    sources.sort(key=lambda s: (-load[s.instance_id], s.instance_id))
+    dests.sort(key=lambda s: (load[s.instance_id], s.instance_id))
+    decisions = []
+    for src, dst in zip(sources, dests, strict=False):  # the two lists are disjoint
+        if load[src.instance_id] - load[dst.instance_id] < LLUMNIX_V1_LOAD_BALANCE_THRESHOLD:
             continue
         request = shortest_request(src)
         decisions.append(MigrationDecision(request.request_id, src.instance_id, dst.instance_id))
@@ -229,6 +263,7 @@ def _star_rebalance(params: StarRebalanceParams) -> RebalanceFn:
 REBALANCE_POLICIES: dict[str, RebalanceFn] = {
     "none": no_migration,
     "llumnix": llumnix,
+    "llumnix_v1": llumnix_v1,
     "star": _star_rebalance(StarRebalanceParams()),
     "star_current_only": _star_rebalance(StarRebalanceParams(StarWeighting("current"))),
     "star_predicted_only": _star_rebalance(StarRebalanceParams(StarWeighting("predicted"))),

@@ -13,7 +13,11 @@ from typing import Literal
 from starserve.errors import StarserveError
 from starserve.policy.dispatch import DISPATCH_POLICIES, DispatchFn
 from starserve.policy.items import ItemsCache
-from starserve.policy.rebalance import REBALANCE_POLICIES, RebalanceFn
+from starserve.policy.rebalance import (
+    LLUMNIX_V1_RESCHEDULE_INTERVAL_S,
+    REBALANCE_POLICIES,
+    RebalanceFn,
+)
 from starserve.policy.types import InstanceSnapshot, MigrationDecision, NewRequest
 
 # What fills RequestLoad.predicted_remaining_tokens: nothing, the predictor, or the truth.
@@ -32,7 +36,10 @@ class PolicySpec:
     rebalance_name: str
     predictor: PredictorKind
     description: str
-    poll_interval_s: float = DEFAULT_POLL_INTERVAL_S
+    poll_interval_s: float = DEFAULT_POLL_INTERVAL_S  # how stale the loads dispatch reads are
+    # how often `rebalance` runs (None: every poll); Llumnix v1 reschedules every 500 ms
+    # while its cluster view refreshes every 50 ms
+    rebalance_interval_s: float | None = None
 
     @property
     def dispatch(self) -> DispatchFn:
@@ -65,6 +72,11 @@ class PolicyRunner:
     def name(self) -> str:
         return self.spec.name
 
+    @property
+    def rebalance_interval_s(self) -> float | None:
+        """How often the owner should call `plan_migrations` (None: every poll)."""
+        return self.spec.rebalance_interval_s
+
     def dispatch(self, snapshots: Sequence[InstanceSnapshot], request: NewRequest) -> int:
         """The decode instance id for `request`."""
         instance_id, self.cursor = self.spec.dispatch(
@@ -78,9 +90,16 @@ class PolicyRunner:
 
 
 def _spec(
-    name: str, dispatch: str, rebalance: str, predictor: PredictorKind, text: str
+    name: str,
+    dispatch: str,
+    rebalance: str,
+    predictor: PredictorKind,
+    text: str,
+    rebalance_interval_s: float | None = None,
 ) -> PolicySpec:
-    return PolicySpec(name, dispatch, rebalance, predictor, text)
+    return PolicySpec(
+        name, dispatch, rebalance, predictor, text, rebalance_interval_s=rebalance_interval_s
+    )
 
 
 POLICIES: dict[str, PolicySpec] = {
@@ -113,6 +132,21 @@ POLICIES: dict[str, PolicySpec] = {
             "llumnix",
             "none",
             "Llumnix: most-free dispatch, freeness-threshold defrag migration",
+        ),
+        _spec(
+            "llumnix_v1",
+            "llumnix_v1",
+            "llumnix_v1",
+            "none",
+            "Llumnix v1 (Go): least projected KV usage dispatch, decode_load rescheduling",
+            LLUMNIX_V1_RESCHEDULE_INTERVAL_S,
+        ),
+        _spec(
+            "power_of_two",
+            "power_of_two",
+            "none",
+            "none",
+            "two random instances, the shorter queue wins, no migration (Ray Serve LLM)",
         ),
         _spec(
             "star",

@@ -106,7 +106,7 @@ class ClusterSim:
         self._seq = itertools.count(len(self.requests))
         self._push_next_arrival()
         if self.policy.migrates:
-            self._push(self.poll_interval_s, self._on_poll, None)
+            self._push(self._rebalance_interval_s(), self._on_poll, None)
         self._push(0.0, self._on_timeline, None)
         with _cyclic_gc_paused():
             self._loop()
@@ -227,9 +227,12 @@ class ClusterSim:
     def _is_migrating(self, instance: DecodeInstance) -> bool:
         return instance.instance_id in self._migrating
 
+    def _rebalance_interval_s(self) -> float:
+        return self.policy.rebalance_interval_s or self.poll_interval_s
+
     def _on_poll(self, _: object) -> None:
         if self._num_finished < len(self.requests):
-            self._push(self.now_s + self.poll_interval_s, self._on_poll, None)
+            self._push(self.now_s + self._rebalance_interval_s(), self._on_poll, None)
         snapshots = [
             snapshot(i, self.now_s, self.predictor, self._is_migrating(i)) for i in self.decode
         ]
