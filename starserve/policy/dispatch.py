@@ -20,6 +20,7 @@ from starserve.policy.load import (
     llumnix_dispatch_freeness,
     num_queued_requests,
     star_dispatch_loads,
+    under_pressure,
 )
 from starserve.policy.types import InstanceSnapshot, NewRequest
 
@@ -159,6 +160,22 @@ def _star_dispatch(weighting: StarWeighting) -> DispatchFn:
 
 
 star_dynamic = _star_dispatch(StarWeighting("dynamic"))
+
+
+def star_gated(
+    snapshots: Sequence[InstanceSnapshot],
+    request: NewRequest,
+    cursor: int,
+    cache: ItemsCache | None = None,
+) -> tuple[int, int]:
+    """STAR: while no instance is short of KV (`load.under_pressure`), the fewest KV tokens
+    in use (today's load sets today's iteration time, and no placement can exhaust memory
+    soon, so noisy predictions could only mislead); under pressure, the predictive score."""
+    if not under_pressure(snapshots):
+        return least_current_load(snapshots, request, cursor, cache)
+    return star_dynamic(snapshots, request, cursor, cache)
+
+
 star_current_only = _star_dispatch(StarWeighting("current"))
 least_predicted_load = _star_dispatch(StarWeighting("predicted"))
 
@@ -169,6 +186,7 @@ DISPATCH_POLICIES: dict[str, DispatchFn] = {
     "llumnix": llumnix_most_free,
     "llumnix_v1": llumnix_v1_least_projected,
     "power_of_two": power_of_two,
-    "star": star_dynamic,
+    "star": star_gated,
+    "star_v1": star_dynamic,
     "star_current_only": star_current_only,
 }

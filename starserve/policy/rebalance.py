@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from starserve.policy.items import ItemsCache, cluster_item_arrays
 from starserve.policy.load import (
+    UPPER_QUANTILE_FACTOR,
     StarContext,
     StarWeighting,
     cluster_loads,
@@ -24,6 +25,7 @@ from starserve.policy.load import (
     predicted_remaining,
     score_of_items,
     star_context,
+    under_pressure,
 )
 from starserve.policy.types import InstanceSnapshot, MigrationDecision, RequestLoad
 
@@ -130,6 +132,14 @@ class StarRebalanceParams:
     min_gain: float = 0.01  # a move must lower the pair's peak score by this much
     max_candidates: int = 8  # what-if evaluations per pair (keeps a round O(n log n))
     destination_headroom: float = 0.02  # keep free on dst: vLLM's 1% watermark + growth
+    # STAR (v2) on top of the v1 plan: nothing moves unless some instance is short of KV
+    # (`load.under_pressure`); relief reads the upper (P90) remaining length, since running
+    # out of blocks is the risk there; a balance move must buy at least as many tokens of
+    # growth off the source as it copies over the link (the cost of a migration is its KV
+    # bytes and the final stage's pause, both proportional to the context copied)
+    pressure_gate: bool = False
+    relief_remaining_factor: float = 1.0
+    min_growth_per_copied_token: float = 0.0
 
 
 def _blocks(num_tokens: int, block_size: int) -> int:
@@ -152,6 +162,7 @@ def best_request_to_move(
         r
         for r in src.requests
         if predicted_remaining(r) >= params.min_remaining_tokens
+        and predicted_remaining(r) >= params.min_growth_per_copied_token * r.num_context_tokens
         and _blocks(r.num_context_tokens, dst.block_size) <= free_blocks
     ]
     eligible.sort(key=lambda r: (-(r.num_context_tokens + predicted_remaining(r)), r.request_id))
@@ -204,12 +215,14 @@ def star_plan(
     fastest-growing request to the instances with the most free blocks. Balance: the
     highest-scoring remaining instances send, each to one of the lowest-scoring ones, the
     request that best evens the pair's scores."""
-    if len(snapshots) < 2:
+    if len(snapshots) < 2 or (params.pressure_gate and not under_pressure(snapshots)):
         return []
     items = cluster_item_arrays(snapshots, cache)
     ctx = star_context(snapshots, params.weighting)
     loads = cluster_loads(snapshots, items, ctx)
     scores = {i: load[0] for i, load in loads.items()}
+    if params.relief_remaining_factor != 1.0:
+        loads = cluster_loads(snapshots, items, ctx, params.relief_remaining_factor)
     overflow = {i: load[1] for i, load in loads.items()}
     mean = sum(scores.values()) / len(scores)
     idle = _idle(snapshots)
@@ -264,7 +277,14 @@ REBALANCE_POLICIES: dict[str, RebalanceFn] = {
     "none": no_migration,
     "llumnix": llumnix,
     "llumnix_v1": llumnix_v1,
-    "star": _star_rebalance(StarRebalanceParams()),
+    "star": _star_rebalance(
+        StarRebalanceParams(
+            pressure_gate=True,
+            relief_remaining_factor=UPPER_QUANTILE_FACTOR,
+            min_growth_per_copied_token=1.0,
+        )
+    ),
+    "star_v1": _star_rebalance(StarRebalanceParams()),
     "star_current_only": _star_rebalance(StarRebalanceParams(StarWeighting("current"))),
     "star_predicted_only": _star_rebalance(StarRebalanceParams(StarWeighting("predicted"))),
 }

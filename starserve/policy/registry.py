@@ -6,13 +6,14 @@ The simulator and the Ray controller both look policies up here and run them thr
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
 from starserve.errors import StarserveError
 from starserve.policy.dispatch import DISPATCH_POLICIES, DispatchFn
 from starserve.policy.items import ItemsCache
+from starserve.policy.load import under_pressure
 from starserve.policy.rebalance import (
     LLUMNIX_V1_RESCHEDULE_INTERVAL_S,
     REBALANCE_POLICIES,
@@ -40,6 +41,10 @@ class PolicySpec:
     # how often `rebalance` runs (None: every poll); Llumnix v1 reschedules every 500 ms
     # while its cluster view refreshes every 50 ms
     rebalance_interval_s: float | None = None
+    # a predicate on the snapshots' aggregates only (never `requests`/`incoming`): while it
+    # is False, dispatch reads aggregates only and the plan is empty, so a caller may pass
+    # snapshots without per-request loads (STAR: `load.under_pressure`)
+    pressure_gate: Callable[[Sequence[InstanceSnapshot]], bool] | None = None
 
     @property
     def dispatch(self) -> DispatchFn:
@@ -97,8 +102,15 @@ def _spec(
     text: str,
     rebalance_interval_s: float | None = None,
 ) -> PolicySpec:
+    gated = dispatch == "star" and rebalance in ("star", "none")  # both wait for pressure
     return PolicySpec(
-        name, dispatch, rebalance, predictor, text, rebalance_interval_s=rebalance_interval_s
+        name,
+        dispatch,
+        rebalance,
+        predictor,
+        text,
+        rebalance_interval_s=rebalance_interval_s,
+        pressure_gate=under_pressure if gated else None,
     )
 
 
@@ -153,9 +165,17 @@ POLICIES: dict[str, PolicySpec] = {
             "star",
             "star",
             "model",
-            "STAR: current + predicted load with a dynamic weight, dispatch and migration",
+            "STAR: current load until KV runs short, then predicted peaks; pressure-gated, "
+            "cost-aware migration with P90 relief",
         ),
         _spec("oracle", "star", "star", "oracle", "STAR fed exact remaining lengths (upper bound)"),
+        _spec(
+            "star_v1",
+            "star_v1",
+            "star_v1",
+            "model",
+            "STAR's first design: predictive score always, relief + balance every round",
+        ),
         _spec(
             "star_no_migration",
             "star",

@@ -119,6 +119,23 @@ def snapshot(
     )
 
 
+def observe(
+    instance: DecodeInstance, now_s: float, predictor: SimPredictor, is_migrating: bool
+) -> None:
+    """Make exactly the predictor calls `snapshot` makes, building nothing: a light view
+    taken in place of a full snapshot draws the same random predictions, in the same order."""
+    if predictor.kind != "model":  # no random draws to keep in step
+        return
+    remaining = predictor.remaining
+    if not is_migrating:
+        steps = instance.steps_done_at(now_s)
+        for request in instance.running.values():
+            remaining(request, request.generated_at_join + (steps - request.join_step))
+    for group in (instance.waiting, instance.transferring.values()):
+        for request in group:
+            remaining(request, request.num_generated)
+
+
 def light_snapshot(instance: DecodeInstance, now_s: float) -> InstanceSnapshot:
     """Aggregates only (no per-request loads): enough for load-blind and KV-count policies."""
     return InstanceSnapshot(
