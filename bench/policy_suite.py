@@ -39,35 +39,41 @@ SUITE = {
 }
 BASELINES = [name for name, spec in POLICIES.items() if spec.predictor == "none"]
 DEFAULT_POLICIES = [*BASELINES, "star", "oracle"]
-QUICK_REQUESTS = 300  # per run and per rate-search point with --quick
+QUICK_REQUESTS = 300  # per run with --quick
 KEYS = ("p99_tpot_ms", "max_rate_at_90pct_slo", "preemptions", "migrations")
 
 
 def prepare(
-    path: str, quick: bool, trace: list[WorkloadRequest] | None
+    path: str, quick: bool, trace: list[WorkloadRequest] | None, num_requests: int | None
 ) -> tuple[Scenario, list[WorkloadRequest] | None]:
-    """The scenario with the measured error profile (and --quick's sizes, or a trace)."""
+    """The scenario with the measured error profile (and --quick's or --num-requests' sizes,
+    or a trace)."""
     scenario = load_yaml(Scenario, path)
     predictor = scenario.predictor.model_copy(update={"kind": "error_profile"})
     updates: dict[str, Any] = {"predictor": predictor}
     workload = scenario.workload
+    search = scenario.rate_search
     if trace is not None and any(r.arrival_time_s > 0 for r in trace):
         workload = workload.model_copy(update={"arrival": "trace", "rate_per_s": None})
-    if quick:
-        workload = workload.model_copy(update={"num_requests": QUICK_REQUESTS})
-        updates["rate_search"] = scenario.rate_search.model_copy(
-            update={"num_requests": QUICK_REQUESTS, "rel_tol": 0.2}
-        )
-    updates["workload"] = workload
-    base = trace[:QUICK_REQUESTS] if trace is not None and quick else trace
+    count = QUICK_REQUESTS if quick else num_requests
+    if count is not None:
+        workload = workload.model_copy(update={"num_requests": count})
+        search = search.model_copy(update={"num_requests": count})
+    if quick:  # too few requests to saturate a cluster: no max-rate search
+        search = search.model_copy(update={"enabled": False})
+    updates["workload"], updates["rate_search"] = workload, search
+    base = trace[:count] if trace is not None and count is not None else trace
     return scenario.model_copy(update=updates), base
 
 
-def run_one(job: tuple[str, str, bool, str | None]) -> tuple[str, str, dict[str, Any]]:
+Job = tuple[str, str, bool, str | None, int | None]
+
+
+def run_one(job: Job) -> tuple[str, str, dict[str, Any]]:
     """One policy on one scenario (a process-pool task): its results.json entry."""
-    name, policy, quick, trace_path = job
+    name, policy, quick, trace_path, num_requests = job
     trace = load_workload(trace_path) if trace_path else None
-    scenario, base = prepare(SUITE[name], quick, trace)
+    scenario, base = prepare(SUITE[name], quick, trace, num_requests)
     results, _ = run_experiment(scenario, [policy], base)
     entry = results["policies"][policy]
     return name, policy, {k: entry[k] for k in (*KEYS, "slo_attainment", "rate_per_s")}
@@ -168,7 +174,15 @@ def main() -> None:
     parser.add_argument(
         "--quick",
         action="store_true",
-        help=f"{QUICK_REQUESTS} requests per run, coarse rate search (< 1 min)",
+        help=f"{QUICK_REQUESTS} requests per run, P99 TPOT at the scenario rate only: no "
+        "max-rate search, since so few requests saturate no cluster (< 1 min on a quiet "
+        "machine)",
+    )
+    parser.add_argument(
+        "--num-requests",
+        type=int,
+        default=None,
+        help="requests per run and per rate-search point (default: each scenario's own)",
     )
     parser.add_argument(
         "--policies",
@@ -198,7 +212,11 @@ def main() -> None:
     if args.workers < 1:
         parser.error("--workers must be >= 1")
     trace = str(args.trace) if args.trace else None
-    jobs = [(n, p, args.quick, trace) for n in args.scenarios for p in args.policies]
+    if args.num_requests is not None and args.num_requests < 1:
+        parser.error("--num-requests must be >= 1")
+    jobs: list[Job] = [
+        (n, p, args.quick, trace, args.num_requests) for n in args.scenarios for p in args.policies
+    ]
     table: dict[str, dict[str, dict[str, Any]]] = {n: {} for n in args.scenarios}
     start = time.perf_counter()
     with tqdm(total=len(jobs), desc="policy suite", unit="run") as bar:
@@ -235,6 +253,7 @@ def main() -> None:
         "per_scenario": per_scenario,
         "baselines": [p for p in BASELINES if p in args.policies],
         "quick": args.quick,
+        "num_requests": args.num_requests,
         "wall_s": wall_s,
         **result_tags(),
     }
