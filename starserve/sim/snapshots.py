@@ -126,14 +126,20 @@ def observe(
     taken in place of a full snapshot draws the same random predictions, in the same order."""
     if predictor.kind != "model":  # no random draws to keep in step
         return
-    remaining = predictor.remaining
+    # `SimPredictor.remaining`'s own test, inlined: only a request that left its known
+    # bucket range draws (or is re-checked)
+    draw = predictor._observe
     if not is_migrating:
         steps = instance.steps_done_at(now_s)
         for request in instance.running.values():
-            remaining(request, request.generated_at_join + (steps - request.join_step))
+            generated = request.generated_at_join + (steps - request.join_step)
+            if not request.ratio_from_generated <= generated < request.ratio_until_generated:
+                draw(request, generated)
     for group in (instance.waiting, instance.transferring.values()):
         for request in group:
-            remaining(request, request.num_generated)
+            generated = request.num_generated
+            if not request.ratio_from_generated <= generated < request.ratio_until_generated:
+                draw(request, generated)
 
 
 def light_snapshot(instance: DecodeInstance, now_s: float) -> InstanceSnapshot:
