@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import math
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -102,11 +103,16 @@ class Controller:
         self.health.stop()
 
     async def _poll_loop(self) -> None:
+        # a policy may plan less often than the loads refresh (Llumnix v1: every 500 ms)
+        plan_every_s = getattr(self.policy, "rebalance_interval_s", None) or 0.0
+        last_plan_s = -math.inf
         while True:
             await asyncio.sleep(self.poll_interval_s)
             try:
                 await self._poll_once()
-                if self.auto_migrate:
+                now_s = asyncio.get_running_loop().time()
+                if self.auto_migrate and now_s - last_plan_s >= plan_every_s:
+                    last_plan_s = now_s
                     self._launch(self.policy.plan_migrations(self.decode_snapshots()))
             except Exception:  # keep polling: one bad poll must not stop rebalancing
                 log.exception("controller poll failed")

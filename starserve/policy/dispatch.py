@@ -16,8 +16,11 @@ from collections.abc import Callable, Sequence
 from starserve.policy.items import ItemsCache
 from starserve.policy.load import (
     StarWeighting,
+    kv_cache_usage_ratio_projected,
     llumnix_dispatch_freeness,
+    num_queued_requests,
     star_dispatch_loads,
+    under_pressure,
 )
 from starserve.policy.types import InstanceSnapshot, NewRequest
 
@@ -73,6 +76,55 @@ def llumnix_most_free(
     return best.instance_id, cursor
 
 
+def llumnix_v1_least_projected(
+    snapshots: Sequence[InstanceSnapshot],
+    request: NewRequest,
+    cursor: int,
+    cache: ItemsCache | None = None,
+) -> tuple[int, int]:
+    """Llumnix v1's decode dispatch (load-balance policy, top-k 1): the lowest
+    `kv_cache_usage_ratio_projected`. Its threshold filter (1.0) is skipped when no instance
+    passes it, so the least loaded instance wins either way; ties go to the lower id."""
+    _require_instances(snapshots)
+    best = min(snapshots, key=lambda s: (kv_cache_usage_ratio_projected(s), s.instance_id))
+    return best.instance_id, cursor
+
+
+_MASK64 = (1 << 64) - 1
+
+
+def splitmix64(state: int) -> tuple[int, int]:
+    """One step of SplitMix64 (Steele et al., 2014): (next state, 64 random bits). The state
+    is the runner's cursor, so a seeded runner draws the same instances on every run."""
+    state = (state + 0x9E3779B97F4A7C15) & _MASK64
+    z = state
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return state, z ^ (z >> 31)
+
+
+def power_of_two(
+    snapshots: Sequence[InstanceSnapshot],
+    request: NewRequest,
+    cursor: int,
+    cache: ItemsCache | None = None,
+) -> tuple[int, int]:
+    """Power of two choices (Mitzenmacher; Ray Serve LLM's default router, offered by SGLang
+    and AIBrix): two distinct instances drawn at random from the RNG state `cursor`, the one
+    with fewer requests in its queue wins (the first drawn on a tie)."""
+    _require_instances(snapshots)
+    n = len(snapshots)
+    if n == 1:
+        return snapshots[0].instance_id, cursor
+    cursor, first_bits = splitmix64(cursor)
+    cursor, second_bits = splitmix64(cursor)
+    first = first_bits % n
+    second = (first + 1 + second_bits % (n - 1)) % n  # uniform over the other n - 1
+    a, b = snapshots[first], snapshots[second]
+    best = b if num_queued_requests(b) < num_queued_requests(a) else a
+    return best.instance_id, cursor
+
+
 def _star_dispatch(weighting: StarWeighting) -> DispatchFn:
     def dispatch(
         snapshots: Sequence[InstanceSnapshot],
@@ -108,6 +160,22 @@ def _star_dispatch(weighting: StarWeighting) -> DispatchFn:
 
 
 star_dynamic = _star_dispatch(StarWeighting("dynamic"))
+
+
+def star_gated(
+    snapshots: Sequence[InstanceSnapshot],
+    request: NewRequest,
+    cursor: int,
+    cache: ItemsCache | None = None,
+) -> tuple[int, int]:
+    """STAR: while no instance is short of KV (`load.under_pressure`), the fewest KV tokens
+    in use (today's load sets today's iteration time, and no placement can exhaust memory
+    soon, so noisy predictions could only mislead); under pressure, the predictive score."""
+    if not under_pressure(snapshots):
+        return least_current_load(snapshots, request, cursor, cache)
+    return star_dynamic(snapshots, request, cursor, cache)
+
+
 star_current_only = _star_dispatch(StarWeighting("current"))
 least_predicted_load = _star_dispatch(StarWeighting("predicted"))
 
@@ -116,6 +184,9 @@ DISPATCH_POLICIES: dict[str, DispatchFn] = {
     "least_current_load": least_current_load,
     "least_predicted_load": least_predicted_load,
     "llumnix": llumnix_most_free,
-    "star": star_dynamic,
+    "llumnix_v1": llumnix_v1_least_projected,
+    "power_of_two": power_of_two,
+    "star": star_gated,
+    "star_v1": star_dynamic,
     "star_current_only": star_current_only,
 }

@@ -31,6 +31,16 @@ from starserve.policy.vector import profiles_of_arrays
 
 WeightMode = Literal["dynamic", "current", "predicted"]
 MIN_DYNAMIC_WEIGHT = 0.5
+# Real memory pressure: an instance whose KV in use plus promised reaches this fraction of its
+# capacity, or that has preempted requests waiting. Below it on every instance, nothing can
+# run out of blocks within a migration's reach (a full batch of 256 sequences needs >= 0.2 x
+# capacity / 256 steps, ~90 steps = ~2 s for Llama-2-7B on an H100, against ~50 ms to migrate):
+# STAR then dispatches on current load and migrates nothing.
+PRESSURE_UTILIZATION = 0.8
+# Upper (P90) remaining length from a point prediction: the shipped error profile's 10th
+# percentile of ln((pred + 1) / (true + 1)) is -0.50, so true + 1 <= (pred + 1) * e^0.5 nine
+# times in ten. Where running out of KV is the risk, STAR plans with this bound.
+UPPER_QUANTILE_FACTOR = math.exp(0.5)
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +75,33 @@ def llumnix_dispatch_freeness(snapshot: InstanceSnapshot) -> float:
     if num_requests == 0:
         return math.inf
     return available / num_requests
+
+
+def kv_cache_usage_ratio_projected(snapshot: InstanceSnapshot) -> float:
+    """Llumnix v1's decode load metric (`kv_cache_usage_ratio_projected`): KV tokens in use
+    plus those already promised (waiting prefills/decodes, decodes dispatched but not yet
+    running), over the instance's KV capacity. Requests dispatched here that wait for blocks
+    are `num_waiting_blocks`; those whose KV is in transfer already hold their blocks."""
+    capacity = snapshot.num_total_blocks
+    if capacity <= 0:
+        return math.inf
+    return (snapshot.num_used_blocks + snapshot.num_waiting_blocks) / capacity
+
+
+def num_queued_requests(snapshot: InstanceSnapshot) -> int:
+    """Requests sent to the instance and not finished (running, waiting, KV in transfer):
+    the queue length Ray Serve's power-of-two-choices router compares."""
+    pending = len(snapshot.incoming) if snapshot.incoming else snapshot.num_waiting
+    return len(snapshot.requests) + pending
+
+
+def under_pressure(snapshots: Sequence[InstanceSnapshot]) -> bool:
+    """Some instance is short of KV (projected usage >= PRESSURE_UTILIZATION) or preempting.
+    Reads only aggregates, so a caller may decide it on snapshots without `requests`."""
+    return any(
+        s.num_preempted > 0 or kv_cache_usage_ratio_projected(s) >= PRESSURE_UTILIZATION
+        for s in snapshots
+    )
 
 
 def predicted_remaining(request: RequestLoad) -> float:
@@ -204,15 +241,23 @@ def load_of_items(
 
 
 def cluster_loads(
-    snapshots: Sequence[InstanceSnapshot], items: ClusterItems, ctx: StarContext
+    snapshots: Sequence[InstanceSnapshot],
+    items: ClusterItems,
+    ctx: StarContext,
+    remaining_factor: float = 1.0,
 ) -> dict[int, tuple[float, float]]:
-    """`load_of_items` of every instance, vectorised (what one policy round evaluates)."""
+    """`load_of_items` of every instance, vectorised (what one policy round evaluates);
+    `remaining_factor` scales every (remaining + 1) first (an upper quantile: monotone, so
+    the per-instance order of the items holds)."""
     capacity = np.array([max(1, s.kv_capacity_tokens) for s in snapshots], dtype=np.float64)
     sizes = items.sizes.astype(np.float64)
     usable = capacity - np.array([s.block_size for s in snapshots]) * sizes
     bases = np.array([_untracked_waiting_tokens(s) for s in snapshots], dtype=np.float64)
+    remaining = items.remaining
+    if remaining_factor != 1.0:
+        remaining = (remaining + 1.0) * remaining_factor - 1.0
     current, peak, overflow = profiles_of_arrays(
-        items.context, items.remaining, items.sizes, usable, bases
+        items.context, remaining, items.sizes, usable, bases
     )
     if not ctx.uses_predictions:  # nothing is known to finish: growth only
         room = usable - current

@@ -14,15 +14,18 @@ from dataclasses import dataclass
 
 from starserve.policy.items import ItemsCache, cluster_item_arrays
 from starserve.policy.load import (
+    UPPER_QUANTILE_FACTOR,
     StarContext,
     StarWeighting,
     cluster_loads,
     instance_items,
+    kv_cache_usage_ratio_projected,
     llumnix_freeness,
     load_of_items,
     predicted_remaining,
     score_of_items,
     star_context,
+    under_pressure,
 )
 from starserve.policy.types import InstanceSnapshot, MigrationDecision, RequestLoad
 
@@ -85,6 +88,39 @@ def llumnix(
     return decisions
 
 
+# Llumnix v1's rescheduler defaults (llumnix-project/llumnix, pkg/consts/consts.go):
+# decode_load policy on kv_cache_usage_ratio_projected, a source at >= 1.0 and a destination
+# below it, a pair kept only if the two differ by >= 0.01, requests picked shortest running
+# first (SR) until >= 1 token is selected (rule TOKEN, value 1: one request), every 500 ms.
+LLUMNIX_V1_DECODE_LOAD_THRESHOLD = 1.0
+LLUMNIX_V1_LOAD_BALANCE_THRESHOLD = 0.01
+LLUMNIX_V1_RESCHEDULE_INTERVAL_S = 0.5
+
+
+def llumnix_v1(
+    snapshots: Sequence[InstanceSnapshot], cache: ItemsCache | None = None
+) -> list[MigrationDecision]:
+    """Llumnix v1's `decode_load` rescheduling: sources (projected usage >= the threshold)
+    most loaded first, destinations (below it) least loaded first, each instance in at most
+    one pair (`metricBalanceSelector`); a pair whose loads differ by less than the
+    load-balance threshold is dropped; the source sends its shortest running request."""
+    idle = _idle(snapshots)
+    load = {s.instance_id: kv_cache_usage_ratio_projected(s) for s in idle}
+    sources = [
+        s for s in idle if s.requests and load[s.instance_id] >= LLUMNIX_V1_DECODE_LOAD_THRESHOLD
+    ]
+    dests = [s for s in idle if load[s.instance_id] < LLUMNIX_V1_DECODE_LOAD_THRESHOLD]
+    sources.sort(key=lambda s: (-load[s.instance_id], s.instance_id))
+    dests.sort(key=lambda s: (load[s.instance_id], s.instance_id))
+    decisions = []
+    for src, dst in zip(sources, dests, strict=False):  # the two lists are disjoint
+        if load[src.instance_id] - load[dst.instance_id] < LLUMNIX_V1_LOAD_BALANCE_THRESHOLD:
+            continue
+        request = shortest_request(src)
+        decisions.append(MigrationDecision(request.request_id, src.instance_id, dst.instance_id))
+    return decisions
+
+
 @dataclass(frozen=True, slots=True)
 class StarRebalanceParams:
     """Tuning of STAR's rebalancing; the defaults are what docs/policies.md justifies."""
@@ -96,6 +132,14 @@ class StarRebalanceParams:
     min_gain: float = 0.01  # a move must lower the pair's peak score by this much
     max_candidates: int = 8  # what-if evaluations per pair (keeps a round O(n log n))
     destination_headroom: float = 0.02  # keep free on dst: vLLM's 1% watermark + growth
+    # STAR (v2) on top of the v1 plan: nothing moves unless some instance is short of KV
+    # (`load.under_pressure`); relief reads the upper (P90) remaining length, since running
+    # out of blocks is the risk there; a balance move must buy at least as many tokens of
+    # growth off the source as it copies over the link (the cost of a migration is its KV
+    # bytes and the final stage's pause, both proportional to the context copied)
+    pressure_gate: bool = False
+    relief_remaining_factor: float = 1.0
+    min_growth_per_copied_token: float = 0.0
 
 
 def _blocks(num_tokens: int, block_size: int) -> int:
@@ -118,6 +162,7 @@ def best_request_to_move(
         r
         for r in src.requests
         if predicted_remaining(r) >= params.min_remaining_tokens
+        and predicted_remaining(r) >= params.min_growth_per_copied_token * r.num_context_tokens
         and _blocks(r.num_context_tokens, dst.block_size) <= free_blocks
     ]
     eligible.sort(key=lambda r: (-(r.num_context_tokens + predicted_remaining(r)), r.request_id))
@@ -170,12 +215,14 @@ def star_plan(
     fastest-growing request to the instances with the most free blocks. Balance: the
     highest-scoring remaining instances send, each to one of the lowest-scoring ones, the
     request that best evens the pair's scores."""
-    if len(snapshots) < 2:
+    if len(snapshots) < 2 or (params.pressure_gate and not under_pressure(snapshots)):
         return []
     items = cluster_item_arrays(snapshots, cache)
     ctx = star_context(snapshots, params.weighting)
     loads = cluster_loads(snapshots, items, ctx)
     scores = {i: load[0] for i, load in loads.items()}
+    if params.relief_remaining_factor != 1.0:
+        loads = cluster_loads(snapshots, items, ctx, params.relief_remaining_factor)
     overflow = {i: load[1] for i, load in loads.items()}
     mean = sum(scores.values()) / len(scores)
     idle = _idle(snapshots)
@@ -229,7 +276,15 @@ def _star_rebalance(params: StarRebalanceParams) -> RebalanceFn:
 REBALANCE_POLICIES: dict[str, RebalanceFn] = {
     "none": no_migration,
     "llumnix": llumnix,
-    "star": _star_rebalance(StarRebalanceParams()),
+    "llumnix_v1": llumnix_v1,
+    "star": _star_rebalance(
+        StarRebalanceParams(
+            pressure_gate=True,
+            relief_remaining_factor=UPPER_QUANTILE_FACTOR,
+            min_growth_per_copied_token=1.0,
+        )
+    ),
+    "star_v1": _star_rebalance(StarRebalanceParams()),
     "star_current_only": _star_rebalance(StarRebalanceParams(StarWeighting("current"))),
     "star_predicted_only": _star_rebalance(StarRebalanceParams(StarWeighting("predicted"))),
 }

@@ -6,14 +6,19 @@ The simulator and the Ray controller both look policies up here and run them thr
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
 from starserve.errors import StarserveError
 from starserve.policy.dispatch import DISPATCH_POLICIES, DispatchFn
 from starserve.policy.items import ItemsCache
-from starserve.policy.rebalance import REBALANCE_POLICIES, RebalanceFn
+from starserve.policy.load import under_pressure
+from starserve.policy.rebalance import (
+    LLUMNIX_V1_RESCHEDULE_INTERVAL_S,
+    REBALANCE_POLICIES,
+    RebalanceFn,
+)
 from starserve.policy.types import InstanceSnapshot, MigrationDecision, NewRequest
 
 # What fills RequestLoad.predicted_remaining_tokens: nothing, the predictor, or the truth.
@@ -37,8 +42,15 @@ class PolicySpec:
     rebalance_name: str
     predictor: PredictorKind
     description: str
-    poll_interval_s: float = DEFAULT_POLL_INTERVAL_S
+    poll_interval_s: float = DEFAULT_POLL_INTERVAL_S  # how stale the loads dispatch reads are
     reads: SnapshotReads = "requests"  # what dispatch reads (the safe default: everything)
+    # how often `rebalance` runs (None: every poll); Llumnix v1 reschedules every 500 ms
+    # while its cluster view refreshes every 50 ms
+    rebalance_interval_s: float | None = None
+    # a predicate on the snapshots' aggregates only (never `requests`/`incoming`): while it
+    # is False, dispatch reads aggregates only and the plan is empty, so a caller may pass
+    # snapshots without per-request loads (STAR: `load.under_pressure`)
+    pressure_gate: Callable[[Sequence[InstanceSnapshot]], bool] | None = None
 
     @property
     def dispatch(self) -> DispatchFn:
@@ -71,6 +83,11 @@ class PolicyRunner:
     def name(self) -> str:
         return self.spec.name
 
+    @property
+    def rebalance_interval_s(self) -> float | None:
+        """How often the owner should call `plan_migrations` (None: every poll)."""
+        return self.spec.rebalance_interval_s
+
     def dispatch(self, snapshots: Sequence[InstanceSnapshot], request: NewRequest) -> int:
         """The decode instance id for `request`."""
         instance_id, self.cursor = self.spec.dispatch(
@@ -90,8 +107,19 @@ def _spec(
     predictor: PredictorKind,
     text: str,
     reads: SnapshotReads = "requests",
+    rebalance_interval_s: float | None = None,
 ) -> PolicySpec:
-    return PolicySpec(name, dispatch, rebalance, predictor, text, reads=reads)
+    gated = dispatch == "star" and rebalance in ("star", "none")  # both wait for pressure
+    return PolicySpec(
+        name,
+        dispatch,
+        rebalance,
+        predictor,
+        text,
+        reads=reads,
+        rebalance_interval_s=rebalance_interval_s,
+        pressure_gate=under_pressure if gated else None,
+    )
 
 
 POLICIES: dict[str, PolicySpec] = {
@@ -128,13 +156,36 @@ POLICIES: dict[str, PolicySpec] = {
             "Llumnix: most-free dispatch, freeness-threshold defrag migration",
         ),
         _spec(
+            "llumnix_v1",
+            "llumnix_v1",
+            "llumnix_v1",
+            "none",
+            "Llumnix v1 (Go): least projected KV usage dispatch, decode_load rescheduling",
+            rebalance_interval_s=LLUMNIX_V1_RESCHEDULE_INTERVAL_S,
+        ),
+        _spec(
+            "power_of_two",
+            "power_of_two",
+            "none",
+            "none",
+            "two random instances, the shorter queue wins, no migration (Ray Serve LLM)",
+        ),
+        _spec(
             "star",
             "star",
             "star",
             "model",
-            "STAR: current + predicted load with a dynamic weight, dispatch and migration",
+            "STAR: current load until KV runs short, then predicted peaks; pressure-gated, "
+            "cost-aware migration with P90 relief",
         ),
         _spec("oracle", "star", "star", "oracle", "STAR fed exact remaining lengths (upper bound)"),
+        _spec(
+            "star_v1",
+            "star_v1",
+            "star_v1",
+            "model",
+            "STAR's first design: predictive score always, relief + balance every round",
+        ),
         _spec(
             "star_no_migration",
             "star",

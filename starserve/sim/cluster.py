@@ -23,7 +23,7 @@ from starserve.sim.decode import DecodeInstance
 from starserve.sim.migration import Migration, MigrationLink, MigrationStatus
 from starserve.sim.prefill import PrefillInstance
 from starserve.sim.request import RequestStatus, SimRequest
-from starserve.sim.snapshots import SimPredictor, light_snapshot, snapshot
+from starserve.sim.snapshots import SimPredictor, light_snapshot, observe, snapshot
 
 # an event: (time, sequence number, handler, payload); the unique sequence number breaks time
 # ties in push order (arrivals first, in request order) and keeps handlers out of comparisons
@@ -85,7 +85,11 @@ class ClusterSim:
     _arrivals: Iterator[tuple[int, SimRequest]] = field(default_factory=lambda: iter(()))
     _migrating: set[int] = field(default_factory=set)
     _num_finished: int = 0
+    # a pressure-gated policy gets light views (aggregates) while its gate is shut; True
+    # builds full snapshots in their place (the same results, slower: tests check it)
+    full_views: bool = False
     _dispatch_cache: dict[int, InstanceSnapshot] = field(default_factory=dict)
+    _view_ids: set[int] = field(default_factory=set)  # cache entries that are views only
     _dispatch_cache_time_s: float = -1.0
     _blind_snapshots: tuple[InstanceSnapshot, ...] | None = None  # load-blind dispatch's view
 
@@ -104,7 +108,7 @@ class ClusterSim:
         self._seq = itertools.count(len(self.requests))
         self._push_next_arrival()
         if self.policy.migrates:
-            self._push(self.poll_interval_s, self._on_poll, None)
+            self._push(self._rebalance_interval_s(), self._on_poll, None)
         self._push(0.0, self._on_timeline, None)
         with _cyclic_gc_paused():
             self._loop()
@@ -169,7 +173,10 @@ class ClusterSim:
             return self._blind_snapshots
         if self.now_s - self._dispatch_cache_time_s > self.poll_interval_s:
             self._dispatch_cache.clear()
+            self._view_ids.clear()
             self._dispatch_cache_time_s = self.now_s
+        if self.policy.pressure_gate is not None:
+            return self._gated_dispatch_snapshots(self.policy.pressure_gate)
         light = reads == "aggregates"
         cache = self._dispatch_cache
         for instance in self.decode:
@@ -181,6 +188,35 @@ class ClusterSim:
                         instance, self.now_s, self.predictor, self._is_migrating(instance)
                     )
                 )
+        return [cache[i.instance_id] for i in self.decode]
+
+    def _view(self, instance: DecodeInstance) -> InstanceSnapshot:
+        """What a gated policy reads while its gate is shut: aggregates, with the very
+        predictor calls a full snapshot makes (so the random predictions stay the same)."""
+        migrating = self._is_migrating(instance)
+        if self.full_views:
+            return snapshot(instance, self.now_s, self.predictor, migrating)
+        observe(instance, self.now_s, self.predictor, migrating)
+        return light_snapshot(instance, self.now_s)
+
+    def _gated_dispatch_snapshots(
+        self, gate: Callable[[Sequence[InstanceSnapshot]], bool]
+    ) -> Sequence[InstanceSnapshot]:
+        cache = self._dispatch_cache
+        for instance in self.decode:
+            if instance.instance_id not in cache:
+                cache[instance.instance_id] = self._view(instance)
+                self._view_ids.add(instance.instance_id)
+        views = [cache[i.instance_id] for i in self.decode]
+        if not gate(views):
+            return views
+        for instance in self.decode:  # the gate opened: views are taken again, in full
+            if instance.instance_id in self._view_ids:
+                migrating = self._is_migrating(instance)
+                cache[instance.instance_id] = snapshot(
+                    instance, self.now_s, self.predictor, migrating
+                )
+        self._view_ids.clear()
         return [cache[i.instance_id] for i in self.decode]
 
     def _kick(self, instance: DecodeInstance, mutate: Callable[[], None] | None = None) -> None:
@@ -226,9 +262,15 @@ class ClusterSim:
     def _is_migrating(self, instance: DecodeInstance) -> bool:
         return instance.instance_id in self._migrating
 
+    def _rebalance_interval_s(self) -> float:
+        return self.policy.rebalance_interval_s or self.poll_interval_s
+
     def _on_poll(self, _: object) -> None:
         if self._num_finished < len(self.requests):
-            self._push(self.now_s + self.poll_interval_s, self._on_poll, None)
+            self._push(self.now_s + self._rebalance_interval_s(), self._on_poll, None)
+        gate = self.policy.pressure_gate
+        if gate is not None and not gate([self._view(i) for i in self.decode]):
+            return  # the plan would be empty
         snapshots = [
             snapshot(i, self.now_s, self.predictor, self._is_migrating(i)) for i in self.decode
         ]

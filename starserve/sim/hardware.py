@@ -6,6 +6,7 @@ Face hub, GPU HBM bandwidth and dense BF16 peak from NVIDIA's data sheets.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 BYTES_PER_PARAM_BF16 = 2
@@ -26,6 +27,10 @@ class ModelSpec:
     num_params: float
     # Vidur profile folder(s) under vidur/profiling/compute/<gpu>/meta-llama/ per GPU
     profile_dirs: dict[str, str]
+    intermediate_size: int = 0  # MLP width (only read where kernels are scaled, below)
+    # no profile of this model: the named MODELS entry's kernels, each operator scaled by
+    # how much more work it does at this shape (`operator_scale`)
+    kernels_from: str | None = None
 
     @property
     def kv_bytes_per_token(self) -> int:
@@ -66,7 +71,16 @@ MODELS: dict[str, ModelSpec] = {
         "llama3-70b", 80, 8192, 64, 8, 128, 128256, 70.6e9,
         {"a100": "Meta-Llama-3-70B", "h100": "Llama-2-70b-hf"},
     ),
+    # deepseek-ai/DeepSeek-R1-Distill-Qwen-7B config.json (Qwen2): 28 layers, 3584 hidden, 28
+    # heads, 4 KV heads of 128 (56 KiB of KV per token), MLP 18944, vocab 152064, 7.62e9
+    # parameters. No Vidur profile: Llama-2-7B's measured kernels, scaled per operator.
+    "qwen2-7b": ModelSpec(
+        "qwen2-7b", 28, 3584, 28, 4, 128, 152064, 7.62e9,
+        {"a100": "Llama-2-7b-hf", "h100": "Llama-2-7b-hf"},
+        intermediate_size=18944, kernels_from="llama2-7b",
+    ),
 }  # fmt: skip
+MODELS["llama2-7b"] = dataclasses.replace(MODELS["llama2-7b"], intermediate_size=11008)
 
 GPUS: dict[str, GpuSpec] = {
     # H100 SXM5 80GB: 3.35 TB/s HBM3, 989 TFLOPS dense BF16.
@@ -74,6 +88,29 @@ GPUS: dict[str, GpuSpec] = {
     # A100 SXM4 80GB: 2.039 TB/s HBM2e, 312 TFLOPS dense BF16.
     "a100": GpuSpec("a100", 80 * GIB, 2.039e12, 312e12, "a100", "a100_dgx"),
 }
+
+
+def operator_scale(target: ModelSpec, source: ModelSpec) -> dict[str, float]:
+    """Per-layer work of each Vidur operator at `target`'s shape over `source`'s. Linear layers
+    scale with their weight count (decode at small batch reads every weight once, large
+    batches do 2 FLOPs per weight and token: both proportional); element-wise operators with
+    the width they touch."""
+    q = lambda m: m.num_heads * m.head_dim  # noqa: E731
+    kv = lambda m: m.num_kv_heads * m.head_dim  # noqa: E731
+    ratio = lambda f: f(target) / f(source)  # noqa: E731
+    hidden = ratio(lambda m: m.hidden_size)
+    mlp = ratio(lambda m: m.hidden_size * m.intermediate_size)
+    return {
+        "input_layernorm": hidden,
+        "attn_pre_proj": ratio(lambda m: m.hidden_size * (q(m) + 2 * kv(m))),  # Q, K, V
+        "attn_rope": ratio(lambda m: q(m) + kv(m)),  # rotates Q and K
+        "attn_post_proj": ratio(lambda m: q(m) * m.hidden_size),  # O
+        "post_attention_layernorm": hidden,
+        "mlp_up_proj": mlp,  # gate + up
+        "mlp_act": ratio(lambda m: m.intermediate_size),
+        "mlp_down_proj": mlp,
+        "add": hidden,
+    }
 
 
 def kv_capacity_tokens(

@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from starserve.paths import data_dir
-from starserve.sim.hardware import GPUS, MODELS, GpuSpec, ModelSpec
+from starserve.sim.hardware import GPUS, MODELS, GpuSpec, ModelSpec, operator_scale
 
 LAYER_OPS = (
     "input_layernorm", "attn_pre_proj", "attn_rope", "attn_post_proj",
@@ -98,14 +98,18 @@ def _profile_path(gpu: GpuSpec, profile: str) -> Path:
 
 @functools.lru_cache(maxsize=32)
 def profile_points(
-    gpu_name: str, profile: str, tensor_parallel: int
+    gpu_name: str, profile: str, tensor_parallel: int, scale: tuple[float, ...] | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(num_tokens, per-layer ms, embedding ms) measured in one Vidur profile at this TP."""
+    """(num_tokens, per-layer ms, embedding ms) measured in one Vidur profile at this TP;
+    `scale` multiplies each of LAYER_OPS' times (a derived model shape)."""
     frame = pd.read_csv(_profile_path(GPUS[gpu_name], profile))
     frame = frame[frame["num_tensor_parallel_workers"] == tensor_parallel]
     if frame.empty:
         raise ValueError(f"no {profile} profile at TP={tensor_parallel} on {gpu_name}")
-    layer = sum(frame[f"time_stats.{op}.median"] for op in LAYER_OPS)
+    factors = scale or (1.0,) * len(LAYER_OPS)
+    layer = sum(
+        frame[f"time_stats.{op}.median"] * f for op, f in zip(LAYER_OPS, factors, strict=True)
+    )
     return (
         frame["num_tokens"].to_numpy(float),
         np.asarray(layer, dtype=float),
@@ -130,6 +134,9 @@ def model_profile_points(
     model: ModelSpec, gpu: GpuSpec, tensor_parallel: int
 ) -> tuple[np.ndarray, ...]:
     spec = model.profile_dirs[gpu.name]
+    if model.kernels_from is not None:
+        scale = operator_scale(model, MODELS[model.kernels_from])
+        return profile_points(gpu.name, spec, tensor_parallel, tuple(scale[op] for op in LAYER_OPS))
     if "*" in spec:
         return _transferred_points(gpu.name, spec, tensor_parallel)
     return profile_points(gpu.name, spec, tensor_parallel)

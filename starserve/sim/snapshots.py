@@ -148,6 +148,29 @@ def _in_transfer(instance: DecodeInstance, predictor: SimPredictor) -> list[Requ
     return loads
 
 
+def observe(
+    instance: DecodeInstance, now_s: float, predictor: SimPredictor, is_migrating: bool
+) -> None:
+    """Make exactly the predictor calls `snapshot` makes, building nothing: a light view
+    taken in place of a full snapshot draws the same random predictions, in the same order."""
+    if predictor.kind != "model":  # no random draws to keep in step
+        return
+    # `SimPredictor.remaining`'s own test, inlined: only a request that left its known
+    # bucket range draws (or is re-checked)
+    draw = predictor._observe
+    del is_migrating  # `snapshot` lists a migrating instance's requests too (the contract)
+    steps = instance.steps_done_at(now_s)
+    for request in instance.running.values():
+        generated = request.generated_at_join + (steps - request.join_step)
+        if not request.ratio_from_generated <= generated < request.ratio_until_generated:
+            draw(request, generated)
+    for group in (instance.waiting, instance.transferring.values()):
+        for request in group:
+            generated = request.num_generated
+            if not request.ratio_from_generated <= generated < request.ratio_until_generated:
+                draw(request, generated)
+
+
 def light_snapshot(instance: DecodeInstance, now_s: float) -> InstanceSnapshot:
     """Aggregates only (no per-request loads): for policies that read no more
     (`PolicySpec.reads`)."""

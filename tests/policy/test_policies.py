@@ -167,11 +167,16 @@ def test_star_dispatch_prefers_instance_without_long_requests() -> None:
     short = RequestLoad("short", 200, 10, 5.0)
     busy = InstanceSnapshot(0, BLOCK, 1000, 1000 - 13, 0, 0, (long,))
     calm = InstanceSnapshot(1, BLOCK, 1000, 1000 - 13, 0, 0, (short,))
+    full = InstanceSnapshot(2, BLOCK, 1000, 150, 0, 0, (RequestLoad("big", 13000, 10, 50.0),))
     request = NewRequest("n", 100, 300.0)
     # the same current load: current-only cannot tell them apart, STAR can
-    assert get_policy("star").bind().dispatch([busy, calm], request) == 1
+    assert get_policy("star_v1").bind().dispatch([busy, calm], request) == 1
     assert get_policy("star_current_only").bind().dispatch([busy, calm], request) == 0
-    assert get_policy("oracle").bind().dispatch([busy, calm], request) == 1
+    # STAR reads predictions only under memory pressure (here: the full instance)
+    assert get_policy("star").bind().dispatch([busy, calm, full], request) == 1
+    assert get_policy("oracle").bind().dispatch([busy, calm, full], request) == 1
+    # without pressure it dispatches on current load, as least_current_load does
+    assert get_policy("star").bind().dispatch([busy, calm], request) == 0
 
 
 def test_weight_modes() -> None:
