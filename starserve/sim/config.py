@@ -48,6 +48,12 @@ class ClusterConfig(Settings):
         ge=0,
         description="Llumnix: final (stalling) stage once <= this many blocks remain",
     )
+    profile: str | None = Field(
+        default=None,
+        description="hardware profile from `starserve profile` (e.g. this CPU): its measured step "
+        "times replace the model/gpu latency model, its KV bytes per token and (unless "
+        "kv_capacity_tokens is set) its instance's KV capacity are used",
+    )
     poll_interval_s: float | None = Field(
         default=None, gt=0, description="rebalance polling period (default: the policy's, 50 ms)"
     )
