@@ -63,7 +63,9 @@ def measure_profile(args: argparse.Namespace, out_dir: Path) -> Path:
     grid = profile_grid(args)
     path = out_dir / "profile.csv"
     with tqdm(desc="profile", unit="point") as bar:
-        profile = run_profile(grid, EngineSetup(dtype=args.dtype), lambda _m: bar.update(1))
+        profile = run_profile(
+            grid, EngineSetup(dtype=args.dtype), lambda _m: bar.update(1), args.colocated
+        )
     write_profile(profile, path)
     return path
 

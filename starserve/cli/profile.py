@@ -52,6 +52,12 @@ def command(
     prompt_tokens: int | None = typer.Option(
         None, "--prompt-tokens", help="Prompt length each chunk size prefills (default: 2048)."
     ),
+    colocated: int = typer.Option(
+        0,
+        "--colocated",
+        help="Busy sibling engine processes beside the measured one (a CPU host's cluster "
+        "instances share its cores: 2 for the default 1 prefill + 2 decode).",
+    ),
     steps: int | None = typer.Option(
         None, "--steps", help="Timed decode steps per point (default: 8; quick: 4)."
     ),
@@ -76,6 +82,8 @@ def command(
         raise StarserveError(f"--dtype must be float32 or bfloat16, got {dtype!r}")
     if threads < 1:
         raise StarserveError(f"--threads must be >= 1, got {threads}")
+    if colocated < 0:
+        raise StarserveError(f"--colocated must be >= 0, got {colocated}")
     if steps is not None and steps < 2:
         raise StarserveError(f"--steps must be >= 2, got {steps}")
     if prompt_tokens is not None and prompt_tokens < 16:
@@ -98,7 +106,7 @@ def command(
             bar.set_postfix_str(message)
             bar.update(1)
 
-        profile = run_profile(grid, setup, progress)
+        profile = run_profile(grid, setup, progress, colocated)
     write_profile(profile, out)
     fitted = MeasuredLatencyModel.from_profile(profile)
     print(

@@ -174,15 +174,28 @@ def _default_capacity_tokens(setup: EngineSetup, weights: Any) -> int:
     return int(default.kv_cache_memory_mb * 2**20 // bytes_per_token)
 
 
-def run_profile(grid: ProfileGrid, setup: EngineSetup, progress: Progress) -> HardwareProfile:
-    """Measure every grid point; `progress` is called once per point (a progress bar)."""
+def run_profile(
+    grid: ProfileGrid, setup: EngineSetup, progress: Progress, colocated: int = 0
+) -> HardwareProfile:
+    """Measure every grid point (next to `colocated` busy sibling engines); `progress` is
+    called once per point (a progress bar)."""
     import torch
 
     from starserve.model.loader import load_model
+    from starserve.profile.colocated import colocated_siblings
 
     torch.set_num_threads(setup.num_threads)
     weights = load_model(setup.model, setup.dtype)  # type: ignore[arg-type]
     progress("model loaded")
+    with colocated_siblings(colocated, setup):
+        profile = _measure(grid, setup, progress, weights)
+    profile.meta["colocated_engines"] = str(colocated)
+    return profile
+
+
+def _measure(
+    grid: ProfileGrid, setup: EngineSetup, progress: Progress, weights: Any
+) -> HardwareProfile:
     rows = []
     decode_engine = _engine(weights, setup, grid, budget=max(grid.batch_sizes))
     # the first steps of a fresh process are slow (allocator, lazily built kernels): thrown away

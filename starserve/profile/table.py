@@ -16,7 +16,8 @@ One row per grid point, times in milliseconds as in Vidur's profiles (`time_stat
 `decode` rows: a step of `batch_size` running sequences holding `num_context_tokens` KV tokens
 in total (the mean over the timed steps), one new token each. `prefill` rows: a step computing
 one prompt chunk of `num_new_tokens` after `num_context_tokens` already cached. The header keeps
-what the numbers are only valid for: CPU model, ISA level, dtype, threads, model, KV layout.
+what the numbers are only valid for: CPU model, ISA level, dtype, threads, model, KV layout,
+and how many sibling engines were kept busy beside the measured one (`colocated_engines`).
 """
 
 from __future__ import annotations
@@ -46,10 +47,11 @@ MEDIAN_MS = "time_stats.step.median"
 META_KEYS = (
     "cpu", "isa", "arch", "dtype", "num_threads", "model", "num_layers",
     "kv_bytes_per_token", "block_size", "kv_capacity_tokens", "max_num_seqs",
-    "max_num_batched_tokens", "created_utc", "load_average",
+    "max_num_batched_tokens", "colocated_engines", "created_utc", "load_average",
 )  # fmt: skip
 INT_META = ("num_threads", "num_layers", "kv_bytes_per_token", "block_size",
-            "kv_capacity_tokens", "max_num_seqs", "max_num_batched_tokens")  # fmt: skip
+            "kv_capacity_tokens", "max_num_seqs", "max_num_batched_tokens",
+            "colocated_engines")  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)

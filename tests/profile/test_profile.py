@@ -81,6 +81,7 @@ def _synthetic_profile() -> HardwareProfile:
             pairs = n * (c + n / 2)
             rows.append(("prefill", 1, n, c, 1, 3 + 0.4 * n + 1e-5 * pairs, 0, 0))
     meta = {key: "1" for key in ("num_threads", "num_layers", "block_size", "max_num_seqs")}
+    meta["colocated_engines"] = "0"
     meta |= {"cpu": "test", "isa": "avx2", "arch": "x86_64", "dtype": "float32", "model": "m",
              "kv_bytes_per_token": "1000", "kv_capacity_tokens": "4000",
              "max_num_batched_tokens": "512", "created_utc": "now", "load_average": "0"}  # fmt: skip
