@@ -24,6 +24,7 @@ SUBCOMMANDS: dict[str, str] = {
     "bench": "starserve.cli.bench",
     "model": "starserve.cli.model",
     "predictor": "starserve.cli.predictor",
+    "profile": "starserve.cli.profile",
 }
 
 app = typer.Typer(

@@ -39,6 +39,12 @@ def command(
     ray_address: str | None = typer.Option(
         None, "--ray-address", help="Ray cluster for --sweep (default: start a local Ray)."
     ),
+    profile: Path | None = typer.Option(
+        None,
+        "--profile",
+        help="Hardware profile from `starserve profile` (sets the scenario's cluster.profile): "
+        "simulate that machine instead of the scenario's GPU.",
+    ),
     no_rate_search: bool = typer.Option(
         False, "--no-rate-search", help="Skip the max-rate-at-SLO search (faster)."
     ),
@@ -70,6 +76,12 @@ def command(
             update={"arrival": "trace", "rate_per_s": None} if has_times else {}
         )
         scenario = scenario.model_copy(update={"workload": workload})
+    if profile is not None:
+        from starserve.profile.table import read_profile
+
+        read_profile(profile)  # a bad file is a one-line error before anything runs
+        cluster = scenario.cluster.model_copy(update={"profile": str(profile)})
+        scenario = scenario.model_copy(update={"cluster": cluster})
     if no_rate_search:
         search = scenario.rate_search.model_copy(update={"enabled": False})
         scenario = scenario.model_copy(update={"rate_search": search})

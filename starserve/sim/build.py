@@ -16,6 +16,7 @@ from starserve.sim.config import ClusterConfig, PredictorConfig
 from starserve.sim.decode import DecodeInstance
 from starserve.sim.hardware import GPUS, MODELS, kv_capacity_tokens
 from starserve.sim.latency import LatencyModel, ProfiledLatencyModel
+from starserve.sim.measured import measured_latency_model
 from starserve.sim.migration import MigrationLink
 from starserve.sim.predictor import (
     LogRatioSampler,
@@ -36,9 +37,18 @@ def latency_model(model: str, gpu: str, tensor_parallel: int) -> ProfiledLatency
     return ProfiledLatencyModel.build(model, gpu, tensor_parallel)
 
 
+def cluster_latency_model(cluster: ClusterConfig) -> LatencyModel:
+    """The measured profile's model when the scenario names one, else the GPU model."""
+    if cluster.profile is not None:
+        return measured_latency_model(cluster.profile)
+    return latency_model(cluster.model, cluster.gpu, cluster.tensor_parallel)
+
+
 def capacity_tokens(cluster: ClusterConfig) -> int:
     if cluster.kv_capacity_tokens is not None:
         return cluster.kv_capacity_tokens
+    if cluster.profile is not None:
+        return measured_latency_model(cluster.profile).profile.int_meta("kv_capacity_tokens")
     return kv_capacity_tokens(
         MODELS[cluster.model],
         GPUS[cluster.gpu],
@@ -89,7 +99,7 @@ def build_cluster(
     timeline_interval_s: float = 1.0,
     latency: LatencyModel | None = None,
 ) -> ClusterSim:
-    lm = latency or latency_model(cluster.model, cluster.gpu, cluster.tensor_parallel)
+    lm = latency or cluster_latency_model(cluster)
     num_blocks = capacity_tokens(cluster) // cluster.block_size
     watermark = int(cluster.watermark_fraction * num_blocks)
     # the largest context a lone sequence may reach: all blocks but the watermark and its own

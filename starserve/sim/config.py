@@ -44,6 +44,12 @@ class SimClusterConfig(SharedClusterConfig):
     )
     migration_bandwidth_gb_per_s: float = Field(default=50.0, gt=0, description="D->D link (GB/s)")
     migration_overhead_ms: float = Field(default=5.0, ge=0, description="fixed cost per migration")
+    profile: str | None = Field(
+        default=None,
+        description="hardware profile from `starserve profile` (e.g. this CPU): its measured step "
+        "times replace the model/gpu latency model, its KV bytes per token and (unless "
+        "kv_capacity_tokens is set) its instance's KV capacity are used",
+    )
 
     @model_validator(mode="after")
     def _known_names(self) -> SimClusterConfig:
