@@ -79,6 +79,19 @@ def collect(
     dtype: str = typer.Option(
         "bfloat16", help="Engine dtype: bfloat16 (what `starserve serve` runs) or float32."
     ),
+    step_by_step: bool = typer.Option(
+        False,
+        "--step-by-step",
+        help="Append a 'reason step by step' instruction to math problems (files with a "
+        "'problem' field: MATH-500, AIME, AMC) for long, reasoning-style answers; other files "
+        "are served as they are.",
+    ),
+    pool_states: bool = typer.Option(
+        True,
+        "--pool-states/--no-pool-states",
+        help="Also record each token's predictive entropy and the entropy-weighted and plain "
+        "pools of the states between taps (PLP baseline, STAR's recent-state pooling).",
+    ),
 ) -> None:
     """Answer real prompts with the engine and store labelled hidden states (float16, resumable)."""
     from starserve.predictor.collect import CollectSettings
@@ -92,7 +105,7 @@ def collect(
         max_tokens=max_tokens, temperature=temperature, top_p=top_p,
         samples_per_prompt=samples_per_prompt, interval=interval, middle_layer=middle_layer,
         max_prompt_tokens=max_prompt_tokens, max_prompts_per_file=max_prompts, seed=seed,
-        dtype=dtype,
+        dtype=dtype, step_by_step=step_by_step, pool_states=pool_states,
     )  # fmt: skip
     out_dir = out or _default_collection()
     manifest = run_collect(

@@ -1,0 +1,67 @@
+"""Collection extras: step-by-step math prompts, entropy-weighted segment pools, old shards."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from predictor_synthetic import synthetic_shard
+
+from starserve.engine.sampler import predictive_entropy
+from starserve.predictor.collect import CollectSettings, InFlight, Job, build_shard, plan_jobs
+from starserve.predictor.data import load_dataset, read_shard, write_shard
+from starserve.predictor.prompts import STEP_BY_STEP, PromptRow
+
+
+def test_step_by_step_is_appended_to_math_problems_only(tmp_path) -> None:
+    math, chat = tmp_path / "math.jsonl", tmp_path / "chat.jsonl"
+    math.write_text('{"id": 1, "problem": "What is 2+2?"}\n')
+    chat.write_text('{"id": 1, "prompt": "Say hi."}\n')
+    plain = plan_jobs([math, chat], CollectSettings(samples_per_prompt=1))
+    assert [j.row.text for j in plain] == ["What is 2+2?", "Say hi."]
+    jobs = plan_jobs([math, chat], CollectSettings(samples_per_prompt=1, step_by_step=True))
+    assert jobs[0].row.text == f"What is 2+2?\n\n{STEP_BY_STEP}"
+    assert jobs[1].row.text == "Say hi."
+    assert [j.request_id for j in jobs] == [j.request_id for j in plain]  # same prompt ids
+
+
+def test_segment_pools_weight_tokens_by_softmax_of_entropy() -> None:
+    flight = InFlight(Job(PromptRow("s:1", "s", "x"), 0), 3)
+    rng = np.random.default_rng(0)
+    states = rng.normal(size=(20, 8)).astype(np.float32)
+    entropies = rng.uniform(0.0, 4.0, size=20)
+    for g in range(1, 21):  # interval 8: taps at 1, 9, 17
+        flight.add_token(g, 8, states[g - 1], None, float(entropies[g - 1]))
+    assert flight.generated == [1, 9, 17]
+    segment = slice(1, 9)  # tokens 2..9 make the second tap's segment
+    w = np.exp(entropies[segment])
+    want = (w[:, None] * states[segment]).sum(0) / w.sum()
+    np.testing.assert_allclose(flight.pools["pool_entropy"][1], want, atol=2e-3)
+    np.testing.assert_allclose(flight.pools["pool_weight"][1], w.sum(), rtol=1e-5)
+    np.testing.assert_allclose(flight.pools["pool_mean"][1], states[segment].mean(0), atol=2e-3)
+    assert flight.pools["segment_entropy"][1] == pytest.approx(entropies[segment].mean())
+    np.testing.assert_allclose(flight.pools["pool_mean"][0], states[0], atol=2e-3)
+    shard = build_shard([(None, flight)])  # type: ignore[list-item]
+    assert shard.pools["pool_entropy"].shape == (3, 8)
+
+
+def test_pools_roundtrip_and_old_shards_without_them_stay_readable(tmp_path) -> None:
+    new, old = tmp_path / "new", tmp_path / "old"
+    for directory, pools in ((new, True), (old, False)):
+        directory.mkdir()
+        write_shard(directory / "shard-00000.safetensors", synthetic_shard(5, pools=pools))
+        (directory / "manifest.json").write_text(json.dumps({"max_tokens": 256}))
+    back = read_shard(new / "shard-00000.safetensors")
+    assert set(back.pools) == {"pool_entropy", "pool_weight", "pool_mean", "segment_entropy"}
+    ds = load_dataset(new)
+    assert ds.pools["pool_entropy"].shape == ds.hidden_last.shape
+    sub = ds.split("train")
+    assert sub.pools["pool_weight"].shape == (sub.num_points,)
+    assert load_dataset(old).pools == {}
+
+
+def test_predictive_entropy_matches_the_definition() -> None:
+    logits = torch.tensor([[0.0, 0.0, 0.0, 0.0], [10.0, -10.0, -10.0, -10.0]])
+    entropy = predictive_entropy(logits)
+    assert entropy[0].item() == pytest.approx(np.log(4.0), rel=1e-5)
+    assert entropy[1].item() < 1e-6
