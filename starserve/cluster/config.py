@@ -19,6 +19,9 @@ class ClusterConfig(Settings):
     )
     predictor: str | None = Field(None, description="predictor folder; None = the shipped one")
     use_predictor: bool = Field(True, description="False: no predictions (current load only)")
+    predictor_refresh: bool = Field(
+        False, description="refit the predictor online from finished requests (predictor.refresh)"
+    )
     poll_interval_ms: float = Field(50.0, gt=0, description="controller polling period")
     num_cpus_per_instance: float = Field(1.0, gt=0, description="Ray CPU share per instance")
     engine: dict[str, Any] = Field(

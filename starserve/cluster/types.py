@@ -72,6 +72,7 @@ class WorkerConfig:
     predictor_path: str | None = None
     use_predictor: bool = True
     idle_wait_s: float = 0.05
+    predictor_refresh: bool = False  # online refit from finished requests (predictor.refresh)
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,3 +91,4 @@ class InstancePoll:
     num_running: int
     num_preemptions_total: int
     num_steps: int
+    predictor_live_mae_tokens: float | None = None  # with predictor refresh on

@@ -43,7 +43,7 @@ class InstanceWorker(MigrationEndpoint):
         if engine is None:
             engine, predictor = build_engine(config, weights)
         self.engine = engine
-        self.predictions = PredictionTable(predictor)
+        self.predictions = PredictionTable(predictor, refresh=config.predictor_refresh)
         self._lock = CallFirstLock()
         self._wakeup = threading.Event()  # set when work may have arrived
         self._outputs: list[OutputChunk] = []
@@ -104,7 +104,7 @@ class InstanceWorker(MigrationEndpoint):
             if out.request_id in self._pending:
                 self._hand_off(out)
             if out.finished:
-                self.predictions.forget(out.request_id)
+                self.predictions.finish(out)
         if chunks:
             with self._out_cond:
                 self._outputs.extend(chunks)
@@ -256,4 +256,5 @@ class InstanceWorker(MigrationEndpoint):
             num_running=stats.num_running,
             num_preemptions_total=stats.num_preemptions_total,
             num_steps=self.num_steps,
+            predictor_live_mae_tokens=self.predictions.live_mae(),
         )

@@ -65,3 +65,38 @@ def test_predictive_entropy_matches_the_definition() -> None:
     entropy = predictive_entropy(logits)
     assert entropy[0].item() == pytest.approx(np.log(4.0), rel=1e-5)
     assert entropy[1].item() < 1e-6
+
+
+def _collected(num_requests: int, lengths: list[int], interval: int, hidden: int = 6):
+    """A dataset built through the collector's own pooling, plus the raw per-token inputs."""
+    from starserve.predictor.data import RequestRecord, concat_shards
+
+    rng = np.random.default_rng(1)
+    finished, raw = [], []
+    for index in range(num_requests):
+        flight = InFlight(Job(PromptRow(f"s:{index}", "s", "x"), 0), 3)
+        states = rng.normal(size=(lengths[index], hidden)).astype(np.float32)
+        entropies = rng.uniform(0.0, 3.0, size=lengths[index])
+        for g in range(1, lengths[index] + 1):
+            flight.add_token(g, interval, states[g - 1], None, float(entropies[g - 1]))
+        record = RequestRecord(f"s:{index}", "s", 0, "x", 3, lengths[index], "stop")
+        finished.append((record, flight))
+        raw.append((states, entropies))
+    return concat_shards([build_shard(finished)], 64, {}), raw
+
+
+def test_entropy_and_recent_pools_equal_their_definitions_over_tokens() -> None:
+    from starserve.predictor.pooling import entropy_pool, recent_pool
+
+    ds, raw = _collected(3, [30, 9, 41], interval=4)
+    pooled, recent = entropy_pool(ds), recent_pool(ds, 2)
+    for point in range(ds.num_points):
+        states, entropies = raw[ds.point_request[point]]
+        g = int(ds.point_generated[point])
+        w = np.exp(entropies[:g])
+        want = (w[:, None] * states[:g]).sum(0) / w.sum()
+        np.testing.assert_allclose(pooled[point], want, atol=5e-3)
+        first = max(0, g - 8) if g > 1 else 0  # two segments of 4 tokens (the first is 1)
+        if g <= 5:
+            first = 0
+        np.testing.assert_allclose(recent[point], states[first:g].mean(0), atol=5e-3)
