@@ -74,6 +74,11 @@ def collect(
     max_requests: int = typer.Option(
         None, min=1, help="Stop after this many new answers (resume later)."
     ),
+    shard_requests: int = typer.Option(
+        64,
+        min=1,
+        help="Write a shard every this many finished answers (what a killed run keeps).",
+    ),
     threads: int = typer.Option(None, min=1, help="torch CPU threads (default: torch's choice)."),
     seed: int = typer.Option(0, help="Seed for prompt order and per-answer sampling."),
     dtype: str = typer.Option(
@@ -109,8 +114,9 @@ def collect(
     )  # fmt: skip
     out_dir = out or _default_collection()
     manifest = run_collect(
-        prompts, out_dir, settings, concurrency, max_requests=max_requests, num_threads=threads
-    )
+        prompts, out_dir, settings, concurrency, shard_requests=shard_requests,
+        max_requests=max_requests, num_threads=threads,
+    )  # fmt: skip
     _say(f"{manifest['num_requests']} answers in {out_dir}")
 
 
