@@ -65,9 +65,14 @@ def summarize(result: dict, refresh: dict | None) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="Use the committed sample.")
-    parser.add_argument("--data", type=Path, help="Collection directory (default: the cache's).")
     parser.add_argument(
-        "--refresh-data", type=Path, help="Collection with chat and math answers (default: --data)."
+        "--data", type=Path, nargs="+", help="Collection directories (default: the cache's)."
+    )
+    parser.add_argument(
+        "--refresh-data",
+        type=Path,
+        nargs="+",
+        help="Collections with chat and math answers (default: --data).",
     )
     parser.add_argument("--models", type=Path, default=DEFAULT_DIR, help="Trained predictors.")
     parser.add_argument("--out", type=Path, default=Path("out/bench_predictor_eval"))

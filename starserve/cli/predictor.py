@@ -21,15 +21,15 @@ def _default_collection() -> Path:
     return cache_dir() / "predictor" / "collection"
 
 
-def _resolve_data(data: Path | None) -> Path:
-    """--data, else the default collection if it exists, else the committed sample."""
-    if data is not None:
+def _resolve_data(data: list[Path] | None) -> list[Path]:
+    """--data (one or more), else the default collection if it exists, else the sample."""
+    if data:
         return data
     from starserve.predictor.data import MANIFEST_NAME
     from starserve.predictor.runtime import DEFAULT_DIR
 
     collected = _default_collection()
-    return collected if (collected / MANIFEST_NAME).is_file() else DEFAULT_DIR / "sample"
+    return [collected if (collected / MANIFEST_NAME).is_file() else DEFAULT_DIR / "sample"]
 
 
 def _say(message: str) -> None:
@@ -159,10 +159,11 @@ def trim(
 
 @app.command()
 def train(
-    data: Path = typer.Option(
+    data: list[Path] = typer.Option(
         None,
         "--data",
-        help="Collection directory (default: the collected set, else the committed sample).",
+        help="Collection directory; repeat to train on several with the same cap (default: "
+        "the collected set, else the committed sample).",
     ),
     out: Path = typer.Option(
         None,
@@ -194,10 +195,11 @@ def train(
 
 @app.command(name="eval")
 def evaluate(
-    data: Path = typer.Option(
+    data: list[Path] = typer.Option(
         None,
         "--data",
-        help="Collection to evaluate on (its test split; default: the collected set, else the committed sample).",
+        help="Collection to evaluate on (its test split; repeat for several; default: the "
+        "collected set, else the committed sample).",
     ),
     models: Path = typer.Option(
         None, "--models", help="Trained predictors (default: the shipped ones)."
@@ -228,7 +230,7 @@ def evaluate(
 
     models_dir = models or DEFAULT_DIR
     if prompts is not None:
-        if data is not None:
+        if data:
             raise StarserveError("give either --data or --prompts, not both")
         data_dir = _collect_for_eval(prompts, models_dir, max_prompts, samples_per_prompt, out)
         test = load_dataset(data_dir)

@@ -202,11 +202,26 @@ def read_manifest(data_dir: Path) -> dict:
     return json.loads(path.read_text())
 
 
-def load_dataset(data_dir: str | Path) -> Dataset:
-    """Every shard of a collection directory as one dataset."""
-    data_dir = Path(data_dir)
-    if not data_dir.is_dir():
-        raise StarserveError(f"{data_dir}: no such directory")
-    manifest = read_manifest(data_dir)
-    shards = [read_shard(path) for path in sorted(data_dir.glob(SHARD_GLOB))]
-    return concat_shards(shards, int(manifest["max_tokens"]), manifest)
+def load_dataset(data_dir: str | Path | list[Path]) -> Dataset:
+    """Every shard of a collection directory (or of several, with the same cap and k) as one
+    dataset; with several, the manifest is the first's with the prompt files of all."""
+    dirs = [Path(d) for d in data_dir] if isinstance(data_dir, list) else [Path(data_dir)]
+    shards, manifests = [], []
+    for directory in dirs:
+        if not directory.is_dir():
+            raise StarserveError(f"{directory}: no such directory")
+        manifests.append(read_manifest(directory))
+        shards += [read_shard(path) for path in sorted(directory.glob(SHARD_GLOB))]
+    first = manifests[0]
+    for directory, manifest in zip(dirs[1:], manifests[1:], strict=True):
+        for key in ("max_tokens", "interval"):
+            if manifest.get(key) != first.get(key):
+                raise StarserveError(
+                    f"{directory}: {key} {manifest.get(key)} differs from {dirs[0]}'s "
+                    f"{first.get(key)}; collections must share the cap and k"
+                )
+    meta = dict(first)
+    if len(dirs) > 1:
+        meta["prompt_files"] = sorted({f for m in manifests for f in m.get("prompt_files", [])})
+        meta["sources"] = [str(d) for d in dirs]
+    return concat_shards(shards, int(first["max_tokens"]), meta)

@@ -100,3 +100,19 @@ def test_entropy_and_recent_pools_equal_their_definitions_over_tokens() -> None:
         if g <= 5:
             first = 0
         np.testing.assert_allclose(recent[point], states[first:g].mean(0), atol=5e-3)
+
+
+def test_several_collections_load_as_one_and_must_share_the_cap(tmp_path) -> None:
+    from starserve.errors import StarserveError
+
+    dirs = [tmp_path / "a", tmp_path / "b", tmp_path / "c"]
+    for directory, seed, cap in zip(dirs, (0, 1, 2), (256, 256, 512), strict=True):
+        directory.mkdir()
+        write_shard(directory / "shard-00000.safetensors", synthetic_shard(4, seed=seed))
+        manifest = {"max_tokens": cap, "interval": 16, "prompt_files": [f"{directory.name}.jsonl"]}
+        (directory / "manifest.json").write_text(json.dumps(manifest))
+    both = load_dataset(dirs[:2])
+    assert len(both.requests) == 16 and both.meta["prompt_files"] == ["a.jsonl", "b.jsonl"]
+    assert both.pools["pool_entropy"].shape[0] == both.num_points
+    with pytest.raises(StarserveError, match="max_tokens"):
+        load_dataset([dirs[0], dirs[2]])
