@@ -46,7 +46,7 @@ def _tensors(ds: Dataset) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     )
 
 
-STAR_PROJECTION_DIMS = (4, 8, 16)  # principal directions tried; validation picks one
+STAR_PROJECTION_DIMS = (4, 8, 16, 32)  # principal directions tried; validation picks one
 
 
 def train_star(

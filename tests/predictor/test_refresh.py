@@ -116,3 +116,20 @@ def test_prediction_table_hook_labels_finished_requests_and_reports_live_mae() -
     live = table.live_mae()
     assert live is not None and abs(live - abs(served - 39)) < 1e-3
     assert table.remaining("a", 40) is None
+
+
+def test_prometheus_shows_the_live_mae_gauge_when_an_instance_reports_one() -> None:
+    from starserve.cluster.controller import ClusterMetrics
+    from starserve.cluster.types import InstancePoll
+    from starserve.policy.types import InstanceSnapshot
+    from starserve.server.metrics import ServerMetrics
+
+    def poll(instance: int, live: float | None) -> InstancePoll:
+        snap = InstanceSnapshot(instance, 16, 64, 60, 0, 0, ())
+        return InstancePoll(snap, 0, 0, 0, predictor_live_mae_tokens=live)
+
+    latest = ClusterMetrics((poll(0, None), poll(1, 42.5)), (0,), (1,), 0, {}, ())
+    text = ServerMetrics().render(latest).decode()
+    name = "starserve_instance_predictor_live_mae_tokens"
+    assert f'{name}{{instance="1",role="decode"}} 42.5' in text
+    assert f'{name}{{instance="0"' not in text  # refresh off there: no sample
