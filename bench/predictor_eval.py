@@ -1,9 +1,12 @@
-"""Bench: the shipped STAR predictor against its baselines on held-out prompts.
+"""Bench: STAR against PLP, TRAIL, the prompt-only encoder and mean residual; online refresh.
 
 Run from the project root:
-    python bench/predictor_eval.py            # the full collected set (test split)
+    python bench/predictor_eval.py --data /work/collect/long [--refresh-data DIR]
     python bench/predictor_eval.py --quick    # the committed sample (< 1 min)
-Ends with one line `RESULT {json}` holding each predictor's MAE and the issue's target ratios.
+Evaluates the predictors in --models on the held-out test split of --data (by progress and
+calibration, as `starserve predictor eval`), then the refresh bench (refresh_eval.py: STAR
+trained on chat prompts, served math prompts, with and without online refresh). Ends with one
+line `RESULT {json}` holding the issue's ratios.
 """
 
 from __future__ import annotations
@@ -19,36 +22,58 @@ from starserve.hardware import result_tags  # noqa: E402
 from starserve.paths import cache_dir  # noqa: E402
 from starserve.predictor.collect_run import measure_decode_step_s  # noqa: E402
 from starserve.predictor.data import load_dataset  # noqa: E402
+from starserve.predictor.refresh import RefreshConfig  # noqa: E402
+from starserve.predictor.refresh_eval import refresh_shift  # noqa: E402
 from starserve.predictor.report import run_eval  # noqa: E402
 from starserve.predictor.runtime import DEFAULT_DIR  # noqa: E402
+from starserve.predictor.training import FitConfig  # noqa: E402
 
 
-def summarize(result: dict) -> dict:
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return None if a is None or not b else round(a / b, 3)
+
+
+def summarize(result: dict, refresh: dict | None) -> dict:
     table = result["predictors"]
-    star, proxy, trail = table["star_mlp"], table["prompt_only_minilm"], table["trail"]
-    best_trail = min(trail["mae"], table["trail_log_bins"]["mae"])
+    star, proxy = table["star_mlp"], table["prompt_only_minilm"]
+    plp = table.get("plp")  # absent on data collected without token-entropy pools
+    calibration = result["calibration"]["star_mlp"]
     return {
+        "mae_ratio_star_vs_prompt_only": _ratio(star["mae"], proxy["mae"]),
+        "mae_ratio_star_vs_prompt_only_from_256": _ratio(
+            star["mae_from_256"], proxy["mae_from_256"]
+        ),
+        "mae_ratio_star_vs_plp": _ratio(star["mae"], plp["mae"]) if plp else None,
+        "mae_ratio_star_vs_trail": _ratio(star["mae"], table["trail"]["mae"]),
+        "calibration_max_abs_error": calibration["max_abs_error_points"],
+        "refresh_mae_ratio": None if refresh is None else round(refresh["refresh_mae_ratio"], 3),
         "mae": {name: round(row["mae"], 2) for name, row in table.items()},
-        "mae_per_request": {name: round(row["mae_per_request"], 2) for name, row in table.items()},
-        "star_over_prompt_only": round(star["mae"] / proxy["mae"], 3),
-        "star_over_trail": round(star["mae"] / trail["mae"], 3),
-        "star_over_best_trail_variant": round(star["mae"] / best_trail, 3),
-        "star_over_mean_residual": round(star["mae"] / table["mean_residual"]["mae"], 3),
+        "by_progress": {
+            name: {k: None if v is None else round(v, 1) for k, v in row.items()}
+            for name, row in result["by_progress"].items()
+        },
+        "calibration": calibration,
         "star_params": star["params"],
         "star_params_over_prompt_only": round(star["params"] / proxy["params"], 4),
-        "star_cost_us": round(star["cost_us"], 1),
         "star_cost_fraction_of_step": star["cost_fraction_of_step"],
         "decode_step_time_s_batch32": result["decode_step_time_s"],
-        "star_quantile_calibration": result["star_quantile_calibration"],
-        "noise_floor": result["noise_floor"],
         "test_split": result["test_split"],
+        "refresh": refresh,
     }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="Use the committed sample.")
-    parser.add_argument("--data", type=Path, help="Collection directory (default: the cache's).")
+    parser.add_argument(
+        "--data", type=Path, nargs="+", help="Collection directories (default: the cache's)."
+    )
+    parser.add_argument(
+        "--refresh-data",
+        type=Path,
+        nargs="+",
+        help="Collections with chat and math answers (default: --data).",
+    )
     parser.add_argument("--models", type=Path, default=DEFAULT_DIR, help="Trained predictors.")
     parser.add_argument("--out", type=Path, default=Path("out/bench_predictor_eval"))
     args = parser.parse_args()
@@ -56,11 +81,19 @@ def main() -> None:
         DEFAULT_DIR / "sample" if args.quick else cache_dir() / "predictor" / "collection"
     )
     test = load_dataset(data).split("test")
-    # A fresh measurement: the collection's own step times include its prefill chunks.
     dtype = test.meta.get("settings", {}).get("dtype", "float32")
-    step_s = measure_decode_step_s(dtype=dtype)
+    # A fresh measurement: the collection's own step times include its prefill chunks.
+    step_s = measure_decode_step_s(num_steps=4 if args.quick else 12, dtype=dtype)
     result = run_eval(args.models, test, args.out, step_s, print)
-    print("RESULT " + json.dumps({**summarize(result), **result_tags(dtype)}))
+    fit = FitConfig(max_epochs=15 if args.quick else 100, patience_epochs=4 if args.quick else 8)
+    quick_refresh = RefreshConfig(min_new_requests=3, min_requests=3, max_epochs=10)
+    refresh = refresh_shift(
+        load_dataset(args.refresh_data or data),
+        fit,
+        quick_refresh if args.quick else RefreshConfig(),
+    )
+    print(f"refresh on the chat -> math shift: {json.dumps(refresh['mae_over_time'])}")
+    print("RESULT " + json.dumps({**summarize(result, refresh), **result_tags(dtype)}))
 
 
 if __name__ == "__main__":

@@ -22,15 +22,15 @@ def _default_collection() -> Path:
     return cache_dir() / "predictor" / "collection"
 
 
-def _resolve_data(data: Path | None) -> Path:
-    """--data, else the default collection if it exists, else the committed sample."""
-    if data is not None:
+def _resolve_data(data: list[Path] | None) -> list[Path]:
+    """--data (one or more), else the default collection if it exists, else the sample."""
+    if data:
         return data
     from starserve.predictor.data import MANIFEST_NAME
     from starserve.predictor.runtime import DEFAULT_DIR
 
     collected = _default_collection()
-    return collected if (collected / MANIFEST_NAME).is_file() else DEFAULT_DIR / "sample"
+    return [collected if (collected / MANIFEST_NAME).is_file() else DEFAULT_DIR / "sample"]
 
 
 def _say(message: str) -> None:
@@ -75,9 +75,27 @@ def collect(
     max_requests: int = typer.Option(
         None, min=1, help="Stop after this many new answers (resume later)."
     ),
+    shard_requests: int = typer.Option(
+        64,
+        min=1,
+        help="Write a shard every this many finished answers (what a killed run keeps).",
+    ),
     threads: int = typer.Option(None, min=1, help="torch CPU threads (default: torch's choice)."),
     seed: int = typer.Option(0, help="Seed for prompt order and per-answer sampling."),
     dtype: str = typer.Option("auto", help="Engine dtype: " + DTYPE_HELP),
+    step_by_step: bool = typer.Option(
+        False,
+        "--step-by-step",
+        help="Append a 'reason step by step' instruction to math problems (files with a "
+        "'problem' field: MATH-500, AIME, AMC) for long, reasoning-style answers; other files "
+        "are served as they are.",
+    ),
+    pool_states: bool = typer.Option(
+        True,
+        "--pool-states/--no-pool-states",
+        help="Also record each token's predictive entropy and the entropy-weighted and plain "
+        "pools of the states between taps (PLP baseline, STAR's recent-state pooling).",
+    ),
 ) -> None:
     """Answer real prompts with the engine and store labelled hidden states (float16, resumable)."""
     from starserve.hardware import resolve_dtype, startup_line
@@ -94,12 +112,13 @@ def collect(
         max_tokens=max_tokens, temperature=temperature, top_p=top_p,
         samples_per_prompt=samples_per_prompt, interval=interval, middle_layer=middle_layer,
         max_prompt_tokens=max_prompt_tokens, max_prompts_per_file=max_prompts, seed=seed,
-        dtype=dtype,
+        dtype=dtype, step_by_step=step_by_step, pool_states=pool_states,
     )  # fmt: skip
     out_dir = out or _default_collection()
     manifest = run_collect(
-        prompts, out_dir, settings, concurrency, max_requests=max_requests, num_threads=threads
-    )
+        prompts, out_dir, settings, concurrency, shard_requests=shard_requests,
+        max_requests=max_requests, num_threads=threads,
+    )  # fmt: skip
     _say(f"{manifest['num_requests']} answers in {out_dir}")
 
 
@@ -142,10 +161,11 @@ def trim(
 
 @app.command()
 def train(
-    data: Path = typer.Option(
+    data: list[Path] = typer.Option(
         None,
         "--data",
-        help="Collection directory (default: the collected set, else the committed sample).",
+        help="Collection directory; repeat to train on several with the same cap (default: "
+        "the collected set, else the committed sample).",
     ),
     out: Path = typer.Option(
         None,
@@ -177,10 +197,11 @@ def train(
 
 @app.command(name="eval")
 def evaluate(
-    data: Path = typer.Option(
+    data: list[Path] = typer.Option(
         None,
         "--data",
-        help="Collection to evaluate on (its test split; default: the collected set, else the committed sample).",
+        help="Collection to evaluate on (its test split; repeat for several; default: the "
+        "collected set, else the committed sample).",
     ),
     models: Path = typer.Option(
         None, "--models", help="Trained predictors (default: the shipped ones)."
@@ -211,7 +232,7 @@ def evaluate(
 
     models_dir = models or DEFAULT_DIR
     if prompts is not None:
-        if data is not None:
+        if data:
             raise StarserveError("give either --data or --prompts, not both")
         data_dir = _collect_for_eval(prompts, models_dir, max_prompts, samples_per_prompt, out)
         test = load_dataset(data_dir)

@@ -42,6 +42,12 @@ def command(
     no_predictor: bool = typer.Option(
         False, "--no-predictor", help="Run without predictions (policies see current load only)."
     ),
+    predictor_refresh: bool = typer.Option(
+        False,
+        "--predictor-refresh",
+        help="Refit the predictor online from finished requests (background thread per "
+        "instance; swapped in only when it beats the current one on held-back requests).",
+    ),
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on."),
     port: int = typer.Option(8000, "--port", help="TCP port to listen on."),
     api_key: str | None = typer.Option(
@@ -96,6 +102,7 @@ def command(
             "dtype": dtype,
             "predictor": str(predictor) if predictor else None,
             "use_predictor": not no_predictor,
+            "predictor_refresh": predictor_refresh,
             "poll_interval_ms": poll_interval_ms,
             "engine": engine,
         },

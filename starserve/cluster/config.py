@@ -25,6 +25,9 @@ class ServeClusterConfig(SharedClusterConfig):
     )
     predictor: str | None = Field(None, description="predictor folder; None = the shipped one")
     use_predictor: bool = Field(True, description="False: no predictions (current load only)")
+    predictor_refresh: bool = Field(
+        False, description="refit the predictor online from finished requests (predictor.refresh)"
+    )
     num_cpus_per_instance: float = Field(1.0, gt=0, description="Ray CPU share per instance")
     engine: dict[str, Any] = Field(
         default_factory=dict, description="extra EngineConfig fields for every instance"

@@ -291,6 +291,7 @@ def launch_cluster(config: ClusterConfig, address: str | None = None) -> Cluster
                 engine_overrides=config.engine_overrides(),
                 predictor_path=config.predictor,
                 use_predictor=config.use_predictor,
+                predictor_refresh=config.predictor_refresh,
             ),
             weights_ref,
         )

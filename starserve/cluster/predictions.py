@@ -17,9 +17,15 @@ class PredictionTable:
     Without a predictor every estimate is None (policies then fall back to current load).
     """
 
-    def __init__(self, predictor: Any | None):
+    def __init__(self, predictor: Any | None, refresh: bool = False):
         self.predictor = predictor
         self._table: dict[str, Prediction] = {}
+        # online refit from finished requests (starserve.predictor.refresh), off by default
+        self.refresher: Any | None = None
+        if refresh and predictor is not None:
+            from starserve.predictor.refresh import OnlineRefresher
+
+            self.refresher = OnlineRefresher(predictor)
 
     def observe(self, outputs: list[Any]) -> None:
         if self.predictor is None:
@@ -31,8 +37,12 @@ class PredictionTable:
 
         hidden = torch.stack([out.hidden_last for out in tapped]).float()
         generated = torch.tensor([out.num_generated_tokens for out in tapped])
+        predictor = self.predictor if self.refresher is None else self.refresher.current
         with torch.no_grad():
-            remaining = self.predictor.predict(hidden, generated)
+            remaining = predictor.predict(hidden, generated)
+        if self.refresher is not None:
+            ids = [out.request_id for out in tapped]
+            self.refresher.observe(ids, hidden, generated, remaining)
         for out, value in zip(tapped, remaining.tolist(), strict=True):
             self._table[out.request_id] = Prediction(float(value), out.num_generated_tokens)
 
@@ -55,3 +65,14 @@ class PredictionTable:
 
     def forget(self, request_id: str) -> None:
         self._table.pop(request_id, None)
+        if self.refresher is not None:
+            self.refresher.forget(request_id)
+
+    def finish(self, out: Any) -> None:
+        """A request ended here: its length labels its taps for the refresher, then forget."""
+        if self.refresher is not None and out.finish_reason in ("stop", "length"):
+            self.refresher.finish(out.request_id, out.num_generated_tokens)
+        self.forget(out.request_id)
+
+    def live_mae(self) -> float | None:
+        return None if self.refresher is None else self.refresher.live_mae()

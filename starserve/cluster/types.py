@@ -78,6 +78,7 @@ class WorkerConfig:
     predictor_path: str | None = None
     use_predictor: bool = True
     idle_wait_s: float = 0.05
+    predictor_refresh: bool = False  # online refit from finished requests (predictor.refresh)
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,3 +108,4 @@ class InstancePoll:
     num_preemptions_total: int
     num_steps: int
     incarnation: int = 0  # the instance's process id: a change means it restarted (state lost)
+    predictor_live_mae_tokens: float | None = None  # with predictor refresh on

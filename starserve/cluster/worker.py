@@ -45,7 +45,7 @@ class InstanceWorker(MigrationEndpoint):
         if engine is None:
             engine, predictor = build_engine(config, weights)
         self.engine = engine
-        self.predictions = PredictionTable(predictor)
+        self.predictions = PredictionTable(predictor, refresh=config.predictor_refresh)
         self._lock = CallFirstLock()
         self._wakeup = threading.Event()  # set when work may have arrived
         self._outputs: list[OutputChunk] = []
@@ -118,7 +118,7 @@ class InstanceWorker(MigrationEndpoint):
             if out.request_id in self._pending:
                 self._hand_off(out)
             if out.finished:
-                self.predictions.forget(out.request_id)
+                self.predictions.finish(out)
         if chunks:
             with self._out_cond:
                 self._outputs.extend(chunks)
@@ -326,4 +326,5 @@ class InstanceWorker(MigrationEndpoint):
             num_preemptions_total=stats.num_preemptions_total,
             num_steps=self.num_steps,
             incarnation=os.getpid(),
+            predictor_live_mae_tokens=self.predictions.live_mae(),
         )

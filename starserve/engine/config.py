@@ -35,6 +35,11 @@ class EngineConfig(Settings):
     hidden_state_middle_layer: int | None = Field(
         None, ge=0, description="also tap the residual stream after this layer (TRAIL baseline)"
     )
+    token_entropy: bool = Field(
+        False,
+        description="report each sampled token's predictive entropy (nats, of the untempered "
+        "logits) in RequestOutput.token_entropy (predictor collection)",
+    )
     seed: int = Field(0, description="seed of the engine generator (requests without a seed)")
     keep_freed_memory: bool = Field(
         True, description="keep freed memory in the heap (fast KV snapshots; per process)"

@@ -20,7 +20,7 @@ from starserve.engine.migration import MigrationMixin
 from starserve.engine.outputs import EngineStats, RequestOutput
 from starserve.engine.params import SamplingParams
 from starserve.engine.runner import ModelRunner
-from starserve.engine.sampler import advance_generator, sample
+from starserve.engine.sampler import advance_generator, predictive_entropy, sample
 from starserve.engine.scheduler import ScheduledChunk, Scheduler
 from starserve.engine.sequence import Sequence, SequenceStatus
 from starserve.model.llama import ForwardOutput
@@ -188,12 +188,19 @@ class Engine(MigrationMixin):
                 [seq.params for seq in sampling],
                 [seq.generator or self.generator for seq in sampling],
             )
-            outputs.extend(self._postprocess(chunks, tokens, forward))
+            entropies = None
+            if self.config.token_entropy and sampling:
+                entropies = predictive_entropy(forward.logits).tolist()
+            outputs.extend(self._postprocess(chunks, tokens, forward, entropies))
         self.last_step_time_s = time.perf_counter() - start
         return outputs
 
     def _postprocess(
-        self, chunks: list[ScheduledChunk], tokens: list[int], forward: ForwardOutput
+        self,
+        chunks: list[ScheduledChunk],
+        tokens: list[int],
+        forward: ForwardOutput,
+        entropies: list[float] | None = None,
     ) -> list[RequestOutput]:
         outputs: list[RequestOutput] = []
         row = 0
@@ -209,6 +216,8 @@ class Engine(MigrationMixin):
                 output.hidden_last = forward.hidden_last[row].clone()
                 if forward.hidden_middle is not None:
                     output.hidden_middle = forward.hidden_middle[row].clone()
+            if entropies is not None:
+                output.token_entropy = entropies[row]
             outputs.append(output)
             row += 1
         return outputs

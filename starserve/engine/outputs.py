@@ -22,6 +22,9 @@ class RequestOutput:
     num_generated_tokens: int
     hidden_last: torch.Tensor | None = None  # [hidden] float32, last layer after the final norm
     hidden_middle: torch.Tensor | None = None  # [hidden] float32 after hidden_state_middle_layer
+    # entropy (nats) of the model's untempered next-token distribution that sampled this step's
+    # token; only with EngineConfig.token_entropy
+    token_entropy: float | None = None
 
 
 @dataclass(slots=True)

@@ -89,3 +89,9 @@ def sample(
         position = min(position, int((kept[index] > 0).sum()) - 1)  # never past the last kept
         tokens[row] = int(ids[index, position])
     return tokens
+
+
+def predictive_entropy(logits: torch.Tensor) -> torch.Tensor:
+    """Entropy in nats of softmax(logits) per row (temperature 1: the model's own distribution)."""
+    log_probs = torch.log_softmax(logits.float(), dim=-1)
+    return -(log_probs.exp() * log_probs).sum(dim=-1)

@@ -21,7 +21,14 @@ import numpy as np
 
 from starserve.config import Settings
 from starserve.errors import StarserveError
-from starserve.predictor.data import MANIFEST_NAME, SHARD_GLOB, RequestRecord, Shard, read_shard
+from starserve.predictor.data import (
+    MANIFEST_NAME,
+    POOL_ARRAYS,
+    SHARD_GLOB,
+    RequestRecord,
+    Shard,
+    read_shard,
+)
 from starserve.predictor.data import write_shard as _write_shard
 from starserve.predictor.prompts import PromptRow, interleave, read_prompts
 
@@ -43,6 +50,13 @@ class CollectSettings(Settings):
     # The engine's dtype: bfloat16 decodes about twice as fast here (AMX, native kernels) and is
     # what `starserve serve` runs, so the predictor learns the states it will be served.
     dtype: Literal["float32", "bfloat16"] = "bfloat16"
+    # Append "reason step by step" (prompts.STEP_BY_STEP) to math problems: long, reasoning-style
+    # answers. Other sets (chat, Arena-Hard) are served as they are.
+    step_by_step: bool = False
+    # Record each token's predictive entropy and the segment pools of data.POOL_ARRAYS (the PLP
+    # baseline's entropy-guided pooling; STAR's pooling over recent states). The engine then
+    # hands out the state of every token, the collector keeps a tap every `interval`.
+    pool_states: bool = True
 
 
 @dataclass(slots=True)
@@ -60,12 +74,75 @@ class Job:
 
 
 @dataclass(slots=True)
+class SegmentPool:
+    """Running sums over the generated tokens since the previous tap (see data.POOL_ARRAYS)."""
+
+    weighted: np.ndarray | None = None  # sum e^H h
+    plain: np.ndarray | None = None  # sum h
+    weight: float = 0.0  # sum e^H
+    entropy: float = 0.0  # sum H
+    count: int = 0
+
+    def add(self, hidden: np.ndarray, entropy: float) -> None:
+        w = float(np.exp(entropy))
+        if self.weighted is None or self.plain is None:
+            self.weighted, self.plain = w * hidden, hidden.copy()
+        else:
+            self.weighted += w * hidden
+            self.plain += hidden
+        self.weight += w
+        self.entropy += entropy
+        self.count += 1
+
+    def flush(self) -> dict[str, np.ndarray | float]:
+        """This segment's pools; the sums restart for the next one."""
+        assert self.weighted is not None and self.plain is not None and self.count > 0
+        out: dict[str, np.ndarray | float] = {
+            "pool_entropy": (self.weighted / self.weight).astype(np.float16),
+            "pool_weight": self.weight,
+            "pool_mean": (self.plain / self.count).astype(np.float16),
+            "segment_entropy": self.entropy / self.count,
+        }
+        self.weighted, self.plain, self.weight, self.entropy, self.count = None, None, 0.0, 0.0, 0
+        return out
+
+
+@dataclass(slots=True)
 class InFlight:
     job: Job
     num_prompt_tokens: int
     generated: list[int] = field(default_factory=list)
     last: list[np.ndarray] = field(default_factory=list)
     middle: list[np.ndarray] = field(default_factory=list)
+    segment: SegmentPool = field(default_factory=SegmentPool)
+    pools: dict[str, list] = field(default_factory=lambda: {name: [] for name in POOL_ARRAYS})
+
+    def add_token(
+        self,
+        generated: int,
+        interval: int,
+        hidden_last: np.ndarray | None,
+        hidden_middle: np.ndarray | None,
+        entropy: float | None,
+    ) -> None:
+        """One generated token's outputs; a tap every `interval` tokens from the first on.
+
+        With `entropy` the state of every token arrives (for the segment pools); without, the
+        engine only hands out states at taps.
+        """
+        if hidden_last is None:
+            return
+        if entropy is not None:
+            self.segment.add(hidden_last, entropy)
+        if (generated - 1) % interval != 0:
+            return
+        self.generated.append(generated)
+        self.last.append(hidden_last.astype(np.float16))
+        if hidden_middle is not None:
+            self.middle.append(hidden_middle.astype(np.float16))
+        if entropy is not None:
+            for name, value in self.segment.flush().items():
+                self.pools[name].append(value)
 
 
 def plan_jobs(prompt_files: list[Path], settings: CollectSettings) -> list[Job]:
@@ -74,7 +151,10 @@ def plan_jobs(prompt_files: list[Path], settings: CollectSettings) -> list[Job]:
     for path in prompt_files:
         rows = read_prompts(path)
         random.Random(settings.seed).shuffle(rows)
-        groups.append(rows[: settings.max_prompts_per_file])
+        rows = rows[: settings.max_prompts_per_file]
+        if settings.step_by_step:
+            rows = [row.with_step_by_step() for row in rows]
+        groups.append(rows)
     return [Job(row, s) for row in interleave(groups) for s in range(settings.samples_per_prompt)]
 
 
@@ -128,18 +208,23 @@ def to_record(flight: InFlight, num_output_tokens: int, finish_reason: str) -> R
 
 def build_shard(finished: list[tuple[RequestRecord, InFlight]]) -> Shard:
     point_request, generated, last, middle = [], [], [], []
+    pools: dict[str, list] = {name: [] for name in POOL_ARRAYS}
     for index, (_, flight) in enumerate(finished):
         point_request += [index] * len(flight.generated)
         generated += flight.generated
         last += flight.last
         middle += flight.middle
+        for name in POOL_ARRAYS:
+            pools[name] += flight.pools[name]
     has_middle = len(middle) == len(last) and len(last) > 0
+    complete = [name for name in POOL_ARRAYS if len(pools[name]) == len(last) and last]
     return Shard(
         requests=[record for record, _ in finished],
         point_request=np.asarray(point_request, dtype=np.int32),
         point_generated=np.asarray(generated, dtype=np.int32),
         hidden_last=np.stack(last).astype(np.float16),
         hidden_middle=np.stack(middle).astype(np.float16) if has_middle else None,
+        pools={name: np.asarray(pools[name], dtype=POOL_ARRAYS[name]) for name in complete},
     )
 
 
@@ -199,7 +284,7 @@ def trim_to_complete_prefix(
         )
     out_dir.mkdir(parents=True, exist_ok=True)
     shard = Shard(kept.requests, kept.point_request, kept.point_generated, kept.hidden_last,
-                  kept.hidden_middle)  # fmt: skip
+                  kept.hidden_middle, kept.pools)  # fmt: skip
     _write_shard(out_dir / "shard-00000.safetensors", shard)
     manifest = dict(dataset.meta, num_requests=len(kept.requests), trimmed_from=str(data_dir))
     manifest["num_planned_answers"] = len(jobs)

@@ -31,8 +31,10 @@ def make_engine(settings: CollectSettings, concurrency: int, num_threads: int | 
         "max_model_len": settings.max_prompt_tokens + settings.max_tokens,
         "kv_cache_memory_mb": 2048,
         "num_threads": num_threads,
-        "hidden_state_interval": settings.interval,
+        # pools need every token's state; the collector keeps a tap every `interval` itself
+        "hidden_state_interval": 1 if settings.pool_states else settings.interval,
         "hidden_state_middle_layer": settings.middle_layer,
+        "token_entropy": settings.pool_states,
     }
     return Engine(validate(EngineConfig, config, source="collection engine"))
 
@@ -95,7 +97,7 @@ def collect(
             if not inflight:
                 break
             for out in engine.step():
-                _record(out, inflight, finished, bar)
+                _record(out, inflight, finished, bar, settings.interval)
             stats = engine.stats()
             manifest["step_samples"].append([stats.num_running, round(stats.last_step_time_s, 5)])
             if len(finished) >= shard_requests:
@@ -105,15 +107,23 @@ def collect(
     return manifest
 
 
-def _record(out: Any, inflight: dict[str, InFlight], finished: list, bar: Any) -> None:
+def _numpy(tensor: Any) -> Any:
+    return None if tensor is None else tensor.detach().to("cpu").float().numpy()
+
+
+def _record(
+    out: Any, inflight: dict[str, InFlight], finished: list, bar: Any, interval: int
+) -> None:
     flight = inflight.get(out.request_id)
     if flight is None:
         return
-    if out.hidden_last is not None:
-        flight.generated.append(int(out.num_generated_tokens))
-        flight.last.append(out.hidden_last.detach().to("cpu").half().numpy())
-        if out.hidden_middle is not None:
-            flight.middle.append(out.hidden_middle.detach().to("cpu").half().numpy())
+    flight.add_token(
+        int(out.num_generated_tokens),
+        interval,
+        _numpy(out.hidden_last),
+        _numpy(out.hidden_middle),
+        out.token_entropy,
+    )
     if out.finished:
         del inflight[out.request_id]
         reason = FINISH_LABELS.get(out.finish_reason or "")

@@ -6,13 +6,17 @@ A collection directory holds `manifest.json` (how the data was collected) and sh
 optional middle-layer state (TRAIL baseline) and the number of tokens generated at the tap.
 The requests themselves (prompt, final output length, finish reason) travel as JSON in the
 safetensors metadata, so a shard is one self-describing file. States are float16.
+
+Collections made with token entropies (`CollectSettings.pool_states`) also store, per point,
+the pooled states of the *segment* of tokens since the previous tap (see `POOL_ARRAYS`); older
+collections simply lack them (`Dataset.pools` is empty) and stay readable.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +26,15 @@ from starserve.errors import StarserveError
 MANIFEST_NAME = "manifest.json"
 SHARD_GLOB = "shard-*.safetensors"
 SPLIT_FRACTIONS = (0.70, 0.15, 0.15)  # train / validation / test, by prompt
+# Optional per-point arrays over the segment of generated tokens ending at the tap (the tokens
+# since the previous tap, this one included), so pools over any run of segments can be rebuilt:
+POOL_ARRAYS = {
+    # sum_t e^{H_t} h_t / sum_t e^{H_t}: last-layer states weighted by softmax of entropy H
+    "pool_entropy": np.float16,
+    "pool_weight": np.float32,  # sum_t e^{H_t}: combines segment pools into longer ones
+    "pool_mean": np.float16,  # plain mean of the last-layer states
+    "segment_entropy": np.float32,  # mean entropy H (nats) over the segment's tokens
+}
 
 
 @dataclass(slots=True)
@@ -46,6 +59,7 @@ class Shard:
     point_generated: np.ndarray  # [P] int32, tokens generated when the state was tapped
     hidden_last: np.ndarray  # [P, H] float16
     hidden_middle: np.ndarray | None  # [P, H] float16
+    pools: dict[str, np.ndarray] = field(default_factory=dict)  # POOL_ARRAYS present
 
 
 def write_shard(path: Path, shard: Shard) -> None:
@@ -59,6 +73,8 @@ def write_shard(path: Path, shard: Shard) -> None:
     }
     if shard.hidden_middle is not None:
         tensors["hidden_middle"] = shard.hidden_middle.astype(np.float16)
+    for name, array in shard.pools.items():
+        tensors[name] = array.astype(POOL_ARRAYS[name])
     meta = {"requests": json.dumps([asdict(r) for r in shard.requests])}
     tmp = path.with_suffix(".tmp")
     save_file(tensors, str(tmp), metadata=meta)
@@ -81,6 +97,7 @@ def read_shard(path: Path) -> Shard:
         point_generated=arrays["point_generated"],
         hidden_last=arrays["hidden_last"],
         hidden_middle=arrays.get("hidden_middle"),
+        pools={name: arrays[name] for name in POOL_ARRAYS if name in arrays},
     )
 
 
@@ -105,6 +122,7 @@ class Dataset:
     hidden_middle: np.ndarray | None
     max_output_tokens: int  # the collection's output cap
     meta: dict
+    pools: dict[str, np.ndarray] = field(default_factory=dict)  # per point, see POOL_ARRAYS
 
     @property
     def num_points(self) -> int:
@@ -139,6 +157,7 @@ class Dataset:
             hidden_middle=None if self.hidden_middle is None else self.hidden_middle[rows],
             max_output_tokens=self.max_output_tokens,
             meta=self.meta,
+            pools={name: array[rows] for name, array in self.pools.items()},
         )
 
     def split(self, name: str) -> Dataset:
@@ -153,6 +172,7 @@ def concat_shards(shards: list[Shard], max_output_tokens: int, meta: dict) -> Da
     requests: list[RequestRecord] = []
     parts_req, parts_gen, parts_last, parts_mid = [], [], [], []
     has_middle = all(s.hidden_middle is not None for s in shards)
+    pool_names = [name for name in POOL_ARRAYS if all(name in s.pools for s in shards)]
     for shard in shards:
         parts_req.append(shard.point_request.astype(np.int64) + len(requests))
         parts_gen.append(shard.point_generated.astype(np.int32))
@@ -171,6 +191,7 @@ def concat_shards(shards: list[Shard], max_output_tokens: int, meta: dict) -> Da
         hidden_middle=np.concatenate(parts_mid)[order] if has_middle else None,
         max_output_tokens=max_output_tokens,
         meta=meta,
+        pools={name: np.concatenate([s.pools[name] for s in shards])[order] for name in pool_names},
     )
 
 
@@ -181,11 +202,26 @@ def read_manifest(data_dir: Path) -> dict:
     return json.loads(path.read_text())
 
 
-def load_dataset(data_dir: str | Path) -> Dataset:
-    """Every shard of a collection directory as one dataset."""
-    data_dir = Path(data_dir)
-    if not data_dir.is_dir():
-        raise StarserveError(f"{data_dir}: no such directory")
-    manifest = read_manifest(data_dir)
-    shards = [read_shard(path) for path in sorted(data_dir.glob(SHARD_GLOB))]
-    return concat_shards(shards, int(manifest["max_tokens"]), manifest)
+def load_dataset(data_dir: str | Path | list[Path]) -> Dataset:
+    """Every shard of a collection directory (or of several, with the same cap and k) as one
+    dataset; with several, the manifest is the first's with the prompt files of all."""
+    dirs = [Path(d) for d in data_dir] if isinstance(data_dir, list) else [Path(data_dir)]
+    shards, manifests = [], []
+    for directory in dirs:
+        if not directory.is_dir():
+            raise StarserveError(f"{directory}: no such directory")
+        manifests.append(read_manifest(directory))
+        shards += [read_shard(path) for path in sorted(directory.glob(SHARD_GLOB))]
+    first = manifests[0]
+    for directory, manifest in zip(dirs[1:], manifests[1:], strict=True):
+        for key in ("max_tokens", "interval"):
+            if manifest.get(key) != first.get(key):
+                raise StarserveError(
+                    f"{directory}: {key} {manifest.get(key)} differs from {dirs[0]}'s "
+                    f"{first.get(key)}; collections must share the cap and k"
+                )
+    meta = dict(first)
+    if len(dirs) > 1:
+        meta["prompt_files"] = sorted({f for m in manifests for f in m.get("prompt_files", [])})
+        meta["sources"] = [str(d) for d in dirs]
+    return concat_shards(shards, int(first["max_tokens"]), meta)

@@ -18,15 +18,26 @@ from starserve.predictor.baselines import (
     prompt_only_remaining,
 )
 from starserve.predictor.data import Dataset
+from starserve.predictor.plp import PlpMLP, plp_inputs
 from starserve.predictor.star import StarMLP
 from starserve.predictor.store import load_mean_residual, load_module
 from starserve.predictor.trail import TrailMLP, filtered_predictions, transition_matrix
 from starserve.predictor.train import TRAIL_VARIANTS, prompt_embeddings
 from starserve.predictor.training import count_parameters
 
-PREDICTOR_NAMES = ("star_mlp", "prompt_only_minilm", "trail", "trail_log_bins", "mean_residual")
+PREDICTOR_NAMES = (
+    "star_mlp",
+    "plp",
+    "prompt_only_minilm",
+    "trail",
+    "trail_log_bins",
+    "mean_residual",
+)
 PROGRESS_EDGES = np.linspace(0.0, 1.0, 11)
-GENERATED_EDGES = np.array([0, 32, 64, 128, 256, 512, 1024, 1 << 30])
+GENERATED_EDGES = np.array([0, 32, 64, 128, 256, 512, 1024, 1536, 1 << 30])
+# eval.json `by_progress`: MAE per bucket of tokens generated at the prediction point
+PROGRESS_BUCKETS = {"0-64": (0, 64), "64-256": (64, 256), "256-1024": (256, 1024)}
+PROGRESS_BUCKETS[">=1024"] = (1024, 1 << 30)
 COST_BATCH = 32
 
 
@@ -39,6 +50,12 @@ class PredictorSet:
     prompt_head: PromptLengthHead
     mean_residual: MeanResidualLife
     meta: dict
+    plp: PlpMLP | None = None  # absent from predictor sets trained before PLP
+
+    def names(self, ds: Dataset) -> list[str]:
+        """The predictors that can run on `ds` (PLP needs its token-entropy pools)."""
+        usable = self.plp is not None and "pool_entropy" in ds.pools
+        return [name for name in PREDICTOR_NAMES if name != "plp" or usable]
 
 
 def load_predictor_set(models_dir: Path) -> PredictorSet:
@@ -47,7 +64,11 @@ def load_predictor_set(models_dir: Path) -> PredictorSet:
     head, _ = load_module(models_dir, "prompt_only_minilm")
     assert isinstance(star, StarMLP) and isinstance(head, PromptLengthHead)
     trail_models = {name: m for name, m in trails.items() if isinstance(m, TrailMLP)}
-    return PredictorSet(star, trail_models, head, load_mean_residual(models_dir), meta)
+    plp = None
+    if (models_dir / "plp.json").is_file():
+        loaded, _ = load_module(models_dir, "plp")
+        plp = loaded if isinstance(loaded, PlpMLP) else None
+    return PredictorSet(star, trail_models, head, load_mean_residual(models_dir), meta, plp)
 
 
 def predict_all(ps: PredictorSet, ds: Dataset, encoder: MiniLMEncoder) -> dict[str, np.ndarray]:
@@ -68,6 +89,18 @@ def predict_all(ps: PredictorSet, ds: Dataset, encoder: MiniLMEncoder) -> dict[s
     }
     for name, model in ps.trails.items():
         out[name] = filtered_predictions(model, middle, ds.point_request, ds.point_generated)
+    if ps.plp is not None and "plp" in ps.names(ds):
+        with torch.no_grad():
+            out["plp"] = ps.plp(*plp_inputs(ds)).numpy().astype(np.float64)
+    return out
+
+
+def by_progress(errors: np.ndarray, generated: np.ndarray) -> dict[str, float | None]:
+    """MAE per bucket of tokens generated (PROGRESS_BUCKETS); None where a bucket is empty."""
+    out: dict[str, float | None] = {}
+    for name, (low, high) in PROGRESS_BUCKETS.items():
+        rows = (generated >= low) & (generated < high)
+        out[name] = float(errors[rows].mean()) if np.any(rows) else None
     return out
 
 
@@ -91,6 +124,19 @@ def accuracy(pred: np.ndarray, ds: Dataset) -> dict:
         "relative_error": float(errors.sum() / max(truth.sum(), 1.0)),
         "mae_by_progress": bucket_mae(errors, ds.progress(), PROGRESS_EDGES),
         "mae_by_generated": bucket_mae(errors, ds.point_generated, GENERATED_EDGES),
+        "by_progress": by_progress(errors, ds.point_generated),
+        "mae_from_256": float(errors[ds.point_generated >= 256].mean())
+        if np.any(ds.point_generated >= 256)
+        else None,
+    }
+
+
+def coverage(quantiles: np.ndarray, levels: tuple[float, ...], ds: Dataset) -> dict[str, float]:
+    """Share of true remaining lengths at or below each predicted quantile."""
+    truth = ds.remaining()
+    return {
+        f"P{round(level * 100)}": float(np.mean(truth <= quantiles[:, i]))
+        for i, level in enumerate(levels)
     }
 
 
@@ -99,11 +145,21 @@ def star_calibration(ps: PredictorSet, ds: Dataset) -> dict[str, float]:
     hidden = torch.from_numpy(ds.hidden_last.astype(np.float32))
     with torch.no_grad():
         q = ps.star(hidden, torch.from_numpy(ds.point_generated.astype(np.int64))).numpy()
-    truth = ds.remaining()
-    return {
-        f"P{round(level * 100)}": float(np.mean(truth <= q[:, i]))
-        for i, level in enumerate(ps.star.arch.quantiles)
-    }
+    return coverage(q, ps.star.arch.quantiles, ds)
+
+
+def calibration(ps: PredictorSet, ds: Dataset) -> dict:
+    """eval.json `calibration`: each quantile predictor's coverage and worst error (points)."""
+    out: dict = {"star_mlp": star_calibration(ps, ds)}
+    if ps.plp is not None and "plp" in ps.names(ds):
+        levels = ps.star.arch.quantiles
+        with torch.no_grad():
+            probs = torch.softmax(ps.plp.logits(*plp_inputs(ds)), 1)
+            out["plp"] = coverage(ps.plp.quantiles(probs, levels).numpy(), levels, ds)
+    for name in list(out):
+        worst = max(abs(100 * share - int(key[1:])) for key, share in out[name].items())
+        out[name] = {**out[name], "max_abs_error_points": round(worst, 2)}
+    return out
 
 
 def time_us(fn: Callable[[], object], repeats: int = 30) -> float:
@@ -154,6 +210,10 @@ def costs_us(ps: PredictorSet, ds: Dataset, encoder: MiniLMEncoder) -> dict[str,
         }
     for name, model in ps.trails.items():
         result[name] = time_us(trail_call(model))
+    if ps.plp is not None:
+        plp = ps.plp
+        with torch.no_grad():
+            result["plp"] = time_us(lambda: plp(middle, hidden, generated))
     return result
 
 
@@ -162,4 +222,6 @@ def parameter_counts(ps: PredictorSet, encoder: MiniLMEncoder) -> dict[str, int]
     counts["star_mlp"] = count_parameters(ps.star)
     counts["prompt_only_minilm"] = encoder.num_parameters + count_parameters(ps.prompt_head)
     counts["mean_residual"] = 0  # a lookup table of training statistics, nothing learned
+    if ps.plp is not None:
+        counts["plp"] = count_parameters(ps.plp)
     return counts

@@ -13,9 +13,10 @@ from starserve.errors import StarserveError
 from starserve.predictor.baselines import MiniLMEncoder
 from starserve.predictor.data import Dataset
 from starserve.predictor.evaluate import (
-    PREDICTOR_NAMES,
+    GENERATED_EDGES,
     PROGRESS_EDGES,
     accuracy,
+    calibration,
     costs_us,
     load_predictor_set,
     parameter_counts,
@@ -82,14 +83,22 @@ def plot_mae_vs_progress(results: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     centers = (PROGRESS_EDGES[:-1] + PROGRESS_EDGES[1:]) / 2
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for name in PREDICTOR_NAMES:
-        values = [np.nan if v is None else v for v in results[name]["mae_by_progress"]]
-        ax.plot(centers, values, marker="o", label=name)
-    ax.set_xlabel("decode progress (tokens generated / final length)")
-    ax.set_ylabel("MAE of remaining tokens")
-    ax.set_title("Remaining-length error vs. decode progress (held-out prompts)")
-    ax.legend()
+    # bucket centres in tokens generated (the open last bucket drawn at 1.25x its lower edge)
+    edges = GENERATED_EDGES.astype(float)
+    generated = np.sqrt(np.maximum(edges[:-1], 1.0) * np.minimum(edges[1:], edges[-2] * 1.5))
+    fig, (by_tokens, by_share) = plt.subplots(1, 2, figsize=(11, 4))
+    for name, row in results.items():
+        values = [np.nan if v is None else v for v in row["mae_by_generated"]]
+        by_tokens.plot(generated, values, marker="o", label=name)
+        values = [np.nan if v is None else v for v in row["mae_by_progress"]]
+        by_share.plot(centers, values, marker="o", label=name)
+    by_tokens.set_xscale("log")
+    by_tokens.set_xlabel("tokens generated at the prediction")
+    by_share.set_xlabel("decode progress (tokens generated / final length)")
+    for ax in (by_tokens, by_share):
+        ax.set_ylabel("MAE of remaining tokens")
+    fig.suptitle("Remaining-length error as decoding goes on (held-out prompts)")
+    by_tokens.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -115,7 +124,7 @@ def run_eval(
     costs = costs_us(predictors, test, encoder)
     params = parameter_counts(predictors, encoder)
     table = {}
-    for name in PREDICTOR_NAMES:
+    for name in predictors.names(test):
         fraction = costs[name] * 1e-6 / decode_step_time_s if decode_step_time_s else None
         table[name] = {
             **accuracy(predictions[name], test),
@@ -130,6 +139,8 @@ def run_eval(
     result = {
         "predictors": table,
         "star_quantile_calibration": star_calibration(predictors, test),
+        "by_progress": {name: row["by_progress"] for name, row in table.items()},
+        "calibration": calibration(predictors, test),
         "noise_floor": noise_floor(test),
         "test_split": {
             "num_requests": len(test.requests),

@@ -39,6 +39,7 @@ def write_sample(ds: Dataset, out_dir: Path, counts: dict[str, int] | None = Non
         sample.point_generated,
         sample.hidden_last,
         sample.hidden_middle,
+        sample.pools,
     )
     write_shard(out_dir / "shard-00000.safetensors", shard)
     manifest = dict(ds.meta, num_requests=len(sample.requests), sample_of=ds.meta.get("model"))

@@ -33,6 +33,9 @@ class StarArchitecture:
     dropout: float = 0.1
     max_output_tokens: int = 512  # output scale (targets are divided by it)
     projection_dim: int | None = None  # None: the paper's MLP on the whole state
+    # Conformal adjustment: per-quantile shifts in log1p(tokens) fitted on the validation split
+    # so each quantile covers its nominal share there (`quantile_log_offsets`).
+    calibrated: bool = False
 
 
 class StarMLP(nn.Module):
@@ -40,6 +43,7 @@ class StarMLP(nn.Module):
 
     feature_mean: torch.Tensor
     feature_std: torch.Tensor
+    quantile_log_offsets: torch.Tensor  # only when arch.calibrated
 
     def __init__(self, arch: StarArchitecture) -> None:
         super().__init__()
@@ -59,6 +63,8 @@ class StarMLP(nn.Module):
         self.net = nn.Sequential(*layers)
         self.register_buffer("feature_mean", torch.zeros(arch.hidden_size))
         self.register_buffer("feature_std", torch.ones(arch.hidden_size))
+        if arch.calibrated:
+            self.register_buffer("quantile_log_offsets", torch.zeros(len(arch.quantiles)))
 
     def raw(self, hidden: torch.Tensor, generated: torch.Tensor) -> torch.Tensor:
         """Quantiles in units of `max_output_tokens`, unclamped (for the training loss)."""
@@ -74,8 +80,22 @@ class StarMLP(nn.Module):
         return torch.cat([base - below, base, base + above], dim=1)
 
     def forward(self, hidden: torch.Tensor, generated: torch.Tensor) -> torch.Tensor:
-        """Remaining tokens per quantile, >= 0."""
-        return (self.raw(hidden, generated) * self.arch.max_output_tokens).clamp_min(0.0)
+        """Remaining tokens per quantile, >= 0 (and non-decreasing across quantiles)."""
+        out = (self.raw(hidden, generated) * self.arch.max_output_tokens).clamp_min(0.0)
+        if not self.arch.calibrated:
+            return out
+        shifted = torch.expm1(torch.log1p(out) + self.quantile_log_offsets)
+        return torch.cummax(shifted.clamp_min(0.0), dim=1).values
+
+
+def conformal_log_offsets(
+    predicted: torch.Tensor, truth: torch.Tensor, levels: tuple[float, ...]
+) -> torch.Tensor:
+    """Split-conformal shifts: for level q, the q-quantile of log1p(truth) - log1p(predicted_q),
+    so that truth <= expm1(log1p(predicted_q) + shift) holds for a share q of the points."""
+    residual = torch.log1p(truth.double()[:, None]) - torch.log1p(predicted.double())
+    shifts = [torch.quantile(residual[:, i], level) for i, level in enumerate(levels)]
+    return torch.stack(shifts).float()
 
 
 def pinball_loss(pred: torch.Tensor, target: torch.Tensor, quantiles: torch.Tensor) -> torch.Tensor:

@@ -16,6 +16,7 @@ from torch import nn
 
 from starserve.errors import StarserveError
 from starserve.predictor.baselines import MeanResidualLife, PromptLengthHead
+from starserve.predictor.plp import PlpArchitecture, PlpMLP
 from starserve.predictor.star import StarArchitecture, StarMLP
 from starserve.predictor.trail import TrailArchitecture, TrailMLP
 
@@ -35,7 +36,16 @@ def _build_prompt_head(arch: dict) -> nn.Module:
     return PromptLengthHead(**arch)
 
 
-BUILDERS = {"star_mlp": _build_star, "trail": _build_trail, "prompt_head": _build_prompt_head}
+def _build_plp(arch: dict) -> nn.Module:
+    return PlpMLP(PlpArchitecture(**arch))
+
+
+BUILDERS = {
+    "star_mlp": _build_star,
+    "trail": _build_trail,
+    "prompt_head": _build_prompt_head,
+    "plp": _build_plp,
+}
 
 
 def architecture_of(module: nn.Module) -> tuple[str, dict]:
@@ -43,6 +53,8 @@ def architecture_of(module: nn.Module) -> tuple[str, dict]:
         return "star_mlp", asdict(module.arch)
     if isinstance(module, TrailMLP):
         return "trail", asdict(module.arch)
+    if isinstance(module, PlpMLP):
+        return "plp", asdict(module.arch)
     if isinstance(module, PromptLengthHead):
         width = module.net[0].out_features
         size = module.net[0].in_features

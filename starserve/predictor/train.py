@@ -18,7 +18,8 @@ from starserve.predictor.baselines import (
     prompt_head_loss,
 )
 from starserve.predictor.data import Dataset
-from starserve.predictor.star import StarArchitecture, StarMLP, star_loss
+from starserve.predictor.plp import PlpMLP, train_plp
+from starserve.predictor.star import StarArchitecture, StarMLP, conformal_log_offsets, star_loss
 from starserve.predictor.store import save_mean_residual, save_module
 from starserve.predictor.trail import TrailArchitecture, TrailMLP, bin_index, trail_loss
 from starserve.predictor.training import FitConfig, FitResult, fit, standardizer
@@ -34,6 +35,7 @@ class TrainedPredictors:
     prompt_head: PromptLengthHead
     mean_residual: MeanResidualLife
     fits: dict[str, FitResult] = field(default_factory=dict)
+    plp: PlpMLP | None = None  # only for collections with token-entropy pools
 
 
 def _tensors(ds: Dataset) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -44,7 +46,7 @@ def _tensors(ds: Dataset) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     )
 
 
-STAR_PROJECTION_DIMS = (4, 8, 16)  # principal directions tried; validation picks one
+STAR_PROJECTION_DIMS = (4, 8, 16, 32)  # principal directions tried; validation picks one
 
 
 def train_star(
@@ -56,7 +58,27 @@ def train_star(
     candidates = [
         _train_star_once(train, val, config, _star_arch(train, dim)) for dim in STAR_PROJECTION_DIMS
     ]
-    return min(candidates, key=lambda pair: pair[1].best_val_loss)
+    model, result = min(candidates, key=lambda pair: pair[1].best_val_loss)
+    return calibrate_star(model, val), result
+
+
+def calibrate_star(model: StarMLP, val: Dataset) -> StarMLP:
+    """The same model with conformal quantile shifts fitted on the validation split.
+
+    Reusing the early-stopping split for the shifts costs a little honesty in the validation
+    figures only; the test split, where calibration is judged, stays unseen.
+    """
+    calibrated = StarMLP(replace(model.arch, calibrated=True))
+    state = dict(model.state_dict(), quantile_log_offsets=torch.zeros(len(model.arch.quantiles)))
+    calibrated.load_state_dict(state)
+    calibrated.eval()
+    hidden, generated, remaining = _tensors(val)
+    with torch.no_grad():
+        predicted = calibrated(hidden, generated)
+    calibrated.quantile_log_offsets = conformal_log_offsets(
+        predicted, remaining, model.arch.quantiles
+    )
+    return calibrated
 
 
 def _star_arch(train: Dataset, projection_dim: int | None) -> StarArchitecture:
@@ -142,10 +164,16 @@ def train_all(
     for name, kind in TRAIL_VARIANTS.items():
         say(f"TRAIL ({kind} bins)")
         trails[name], fits[name] = train_trail(train, val, kind, config)
+    plp = None
+    if "pool_entropy" in train.pools and "pool_entropy" in val.pools:
+        say("PLP (entropy-guided token pooling)")
+        plp, fits["plp"] = train_plp(train, val, config)
+    else:
+        say("PLP skipped: the data has no token-entropy pools")
     say("prompt-only MiniLM head")
     prompt_config = replace(config, batch_size=64, max_epochs=200)
     head, fits["prompt_only_minilm"] = train_prompt_head(train, val, MiniLMEncoder(), prompt_config)
-    return TrainedPredictors(star, trails, head, mean_residual, fits)
+    return TrainedPredictors(star, trails, head, mean_residual, fits, plp)
 
 
 def data_summary(train: Dataset, val: Dataset) -> dict:
@@ -172,6 +200,8 @@ def save_all(out_dir: Path, trained: TrainedPredictors, train: Dataset, val: Dat
     }
     modules: dict[str, nn.Module] = {"star_mlp": trained.star, **trained.trails}
     modules["prompt_only_minilm"] = trained.prompt_head
+    if trained.plp is not None:
+        modules["plp"] = trained.plp
     for name, module in modules.items():
         fit_result = trained.fits.get(name)
         extra = {}

@@ -58,7 +58,20 @@ class _ClusterCollector(Collector):
             ):
                 gauges[name].add_metric(values, float(value))
             preemptions.add_metric(values, float(poll.num_preemptions_total))
+        live_mae = GaugeMetricFamily(
+            "starserve_instance_predictor_live_mae_tokens",
+            "MAE of served remaining-length predictions on recently finished requests "
+            "(with --predictor-refresh)",
+            labels=labels,
+        )
+        for poll in metrics.polls:
+            if poll.predictor_live_mae_tokens is not None:
+                role = "decode" if poll.snapshot.instance_id in decode_ids else "prefill"
+                live_mae.add_metric(
+                    [str(poll.snapshot.instance_id), role], poll.predictor_live_mae_tokens
+                )
         yield from gauges.values()
+        yield live_mae
         yield preemptions
         yield from _health(metrics)
         started = CounterMetricFamily("starserve_migrations_started", "migrations started")

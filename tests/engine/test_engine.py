@@ -180,3 +180,17 @@ def test_a_request_larger_than_the_whole_cache_ends_at_length(make_engine, chat_
     assert len(final) == 1 and final[0].finish_reason == "length"
     assert final[0].num_prompt_tokens + final[0].num_generated_tokens == 128
     assert engine.blocks.num_free_blocks == engine.blocks.num_blocks
+
+
+def test_token_entropy_is_reported_only_when_asked(make_engine, chat_prompts):
+    params = SamplingParams(max_tokens=6, temperature=0.7, seed=1)
+    assert make_engine().generate([chat_prompts[0]], params)[0].token_entropy is None
+    engine = make_engine(token_entropy=True)
+    engine.add_request("r", chat_prompts[0], params)
+    entropies: list[float] = []
+    while engine.has_unfinished_requests():
+        entropies += [o.token_entropy for o in engine.step() if o.token_entropy is not None]
+    vocab = engine.weights.config.vocab_size
+    assert len(entropies) >= 1
+    assert all(0.0 <= h <= float(torch.log(torch.tensor(float(vocab)))) for h in entropies)
+    assert len(set(entropies)) == len(entropies)  # one per token, not one value repeated

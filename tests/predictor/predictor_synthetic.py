@@ -14,6 +14,7 @@ def synthetic_shard(
     seed: int = 0,
     cap: int = 256,
     k: int = 16,
+    pools: bool = True,
 ) -> Shard:
     """Answers whose length depends on the prompt; states encode remaining length + noise."""
     rng = np.random.default_rng(seed)
@@ -34,12 +35,23 @@ def synthetic_shard(
                 pg.append(g)
                 last.append(state)
                 mid.append(state + rng.normal(size=hidden) * 0.3)
+    states = np.array(last)
+    segment_pools = {}
+    if pools:  # segment pools: the tap's state blurred a little, entropies positive
+        count = len(states)
+        segment_pools = {
+            "pool_entropy": (states + rng.normal(size=states.shape) * 0.2).astype(np.float16),
+            "pool_weight": rng.uniform(5.0, 50.0, size=count).astype(np.float32),
+            "pool_mean": (states + rng.normal(size=states.shape) * 0.2).astype(np.float16),
+            "segment_entropy": rng.uniform(0.5, 3.0, size=count).astype(np.float32),
+        }
     return Shard(
         requests,
         np.array(pr, dtype=np.int32),
         np.array(pg, dtype=np.int32),
-        np.array(last, dtype=np.float16),
+        states.astype(np.float16),
         np.array(mid, dtype=np.float16),
+        segment_pools,
     )
 
 

@@ -49,3 +49,10 @@ def test_complete_prefix_drops_answers_after_the_first_unfinished_job(tmp_path) 
     ids = [j.request_id for j in jobs]
     finished = [ids[2], ids[0], ids[3]]  # ids[1] never finished
     assert complete_prefix_mask(finished, jobs).tolist() == [False, True, False]
+
+
+def test_unicode_line_separators_inside_json_strings_do_not_split_lines(tmp_path) -> None:
+    path = tmp_path / "set.jsonl"
+    path.write_text('{"id": 1, "prompt": "a\u2028b"}\n{"id": 2, "prompt": "c"}\n')
+    rows = read_prompts(path)
+    assert [r.text for r in rows] == ["a\u2028b", "c"]
