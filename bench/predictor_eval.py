@@ -62,6 +62,24 @@ def summarize(result: dict, refresh: dict | None) -> dict:
     }
 
 
+def plot_refresh(refresh: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    series = refresh["mae_over_time"]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name in ("static", "refresh"):
+        ax.plot(series["requests_served"], series[name], marker="o", label=name)
+    ax.set_xlabel("math requests served (chat-trained STAR)")
+    ax.set_ylabel("MAE of remaining tokens (window)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="Use the committed sample.")
@@ -93,6 +111,7 @@ def main() -> None:
         quick_refresh if args.quick else RefreshConfig(),
     )
     print(f"refresh on the chat -> math shift: {json.dumps(refresh['mae_over_time'])}")
+    plot_refresh(refresh, args.out / "refresh_mae_over_time.png")
     print("RESULT " + json.dumps({**summarize(result, refresh), **result_tags(dtype)}))
 
 
