@@ -132,11 +132,11 @@ class RayInstance:
 
         if kill:
             ray.kill(self.actor, no_restart=False)
-        while True:
+        while True:  # an actor that is dead for good (no restarts left) raises ActorDiedError
             try:
                 await self.actor.ready.remote()
                 break
-            except ray.exceptions.RayActorError:  # still restarting
+            except ray.exceptions.ActorUnavailableError:  # still restarting
                 await asyncio.sleep(RESTART_POLL_S)
         await self.actor.start.remote()
         await self.actor.warm_up.remote()
