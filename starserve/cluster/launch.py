@@ -49,13 +49,13 @@ class RayInstance:
         self.instance_id = instance_id
 
     async def _await(self, ref: Any) -> Any:
-        from ray.exceptions import ActorDiedError, RayActorError
+        from ray.exceptions import ActorDiedError, OutOfMemoryError, RayActorError
 
         try:
             return await ref
         except ActorDiedError:
             raise InstanceDiedError(self.instance_id, "actor died") from None
-        except RayActorError as err:  # "unavailable": a crash (restarting) or a hiccup
+        except (RayActorError, OutOfMemoryError) as err:  # a crash (restarting) or a hiccup
             if _has_died(self.actor):
                 raise InstanceDiedError(self.instance_id, "actor restarting") from None
             raise InstanceUnavailableError(f"instance {self.instance_id}: {err}") from None
@@ -134,14 +134,14 @@ class RayInstance:
 
         if kill:
             ray.kill(self.actor, no_restart=False)
-        while True:
+        while True:  # an actor that is dead for good (no restarts left) raises ActorDiedError
             try:
                 await self.actor.ready.remote()
-                break
-            except ray.exceptions.RayActorError:  # still restarting
+                await self.actor.start.remote()
+                await self.actor.warm_up.remote()
+                return
+            except ray.exceptions.ActorUnavailableError:  # still (or again) restarting
                 await asyncio.sleep(RESTART_POLL_S)
-        await self.actor.start.remote()
-        await self.actor.warm_up.remote()
 
 
 def _has_died(actor: Any) -> bool:

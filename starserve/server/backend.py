@@ -119,7 +119,10 @@ class ClusterBackend:
                     self._spawn(self._resume(stream))
 
     async def _resume(self, stream: RequestStream) -> None:
-        prompt, params = self._inputs[stream.request_id]
+        inputs = self._inputs.get(stream.request_id)
+        if inputs is None:  # the client left meanwhile
+            return
+        prompt, params = inputs
         stream.drop_pending()
         log.warning("resuming %s after %d tokens", stream.request_id, len(stream.token_ids))
         try:
@@ -208,9 +211,12 @@ def _cause(err: BaseException) -> str:
 
 def _pause_of(record: MigrationRecord, times: list[float]) -> MigrationPause:
     gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+    # Gaps that overlap the migration, except the first (prefill token -> first decode
+    # token): it holds the wait for a decode instance with room, which a request migrated at
+    # once on arrival would otherwise charge to its migration.
     overlapping = [
         b - a
-        for a, b in zip(times, times[1:], strict=False)
+        for a, b in zip(times[1:], times[2:], strict=False)
         if b >= record.started_at_s and a <= record.ended_at_s
     ]
     return MigrationPause(
