@@ -196,6 +196,12 @@ def parse_args() -> argparse.Namespace:
         help="hardware profile to simulate on (default: measure one first)",
     )
     add(
+        "--colocated",
+        type=int,
+        default=0,
+        help="busy sibling engines while profiling (a CPU cluster's instances share the cores)",
+    )
+    add(
         "--transfer-overhead-ms",
         type=float,
         default=1.0,
