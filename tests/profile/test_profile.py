@@ -140,3 +140,36 @@ def test_cli_bad_flag_is_one_line() -> None:
     assert result.stderr.strip().splitlines() == [
         "error: --batch-sizes must be comma-separated integers, got '1,x'"
     ]
+
+
+SCENARIO = """
+name: tiny-cpu
+cluster: {num_prefill_instances: 1, num_decode_instances: 2, prefill_token_budget: 512}
+workload: {name: PLACEHOLDER, arrival: poisson, rate_per_s: 2.0}
+slos: {ttft_ms: 3000, tpot_ms: 200}
+policies: [round_robin]
+"""
+
+
+def test_simulate_cli_runs_on_a_profile_and_rejects_a_bad_one(tmp_path: Path) -> None:
+    profile = tmp_path / "cpu.csv"
+    write_profile(_synthetic_profile(), profile)
+    trace = tmp_path / "trace.csv"
+    trace.write_text("arrived_at,num_prefill_tokens,num_decode_tokens\n0.0,100,40\n0.5,60,20\n")
+    scenario = tmp_path / "tiny.yaml"
+    scenario.write_text(SCENARIO.replace("PLACEHOLDER", str(trace)))
+    base = [sys.executable, "-m", "starserve", "simulate", str(scenario), "--trace", str(trace),
+            "--no-rate-search", "--out"]  # fmt: skip
+    ok = subprocess.run([*base, str(tmp_path / "out"), "--profile", str(profile)],
+                        capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert ok.returncode == 0, ok.stderr
+    results = (tmp_path / "out" / "results.json").read_text()
+    assert '"round_robin"' in results
+    bad = tmp_path / "bad.csv"
+    bad.write_text("nothing\n")
+    failed = subprocess.run([*base, str(tmp_path / "out2"), "--profile", str(bad)],
+                            capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert failed.returncode == 2
+    assert failed.stderr.strip().splitlines() == [
+        f"error: {bad}: not a starserve-hardware-profile version 1 file"
+    ]
