@@ -115,7 +115,7 @@ def scenario(args: argparse.Namespace, profile: Path) -> Scenario:
         kv_transfer_bandwidth_gb_per_s=args.transfer_gb_per_s,
         migration_bandwidth_gb_per_s=args.transfer_gb_per_s,
         migration_overhead_ms=args.transfer_overhead_ms, migration_max_stages=3,
-        migration_last_stage_blocks=16, poll_interval_s=0.05,
+        migration_final_stage_max_blocks=16, poll_interval_s=0.05,
     )  # fmt: skip
     return Scenario(
         name="sim_vs_real", cluster=cluster, slos=SloConfig(ttft_ms=10_000, tpot_ms=1000),
