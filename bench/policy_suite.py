@@ -202,6 +202,14 @@ def main() -> None:
         default=None,
         help="CSV/JSONL trace replacing each scenario's requests (its timestamps when present)",
     )
+    parser.add_argument(
+        "--reuse",
+        type=Path,
+        action="append",
+        default=[],
+        help="a previous run's policy_suite.json: its (scenario, policy) rows are taken "
+        "instead of run again (repeatable; later files win). Only rows of unchanged code!",
+    )
     parser.add_argument("--out", type=Path, default=Path("bench/out/policy_suite"))
     parser.add_argument(
         "--workers", type=int, default=1, help="processes running (scenario, policy) pairs"
@@ -214,10 +222,19 @@ def main() -> None:
     trace = str(args.trace) if args.trace else None
     if args.num_requests is not None and args.num_requests < 1:
         parser.error("--num-requests must be >= 1")
-    jobs: list[Job] = [
-        (n, p, args.quick, trace, args.num_requests) for n in args.scenarios for p in args.policies
-    ]
     table: dict[str, dict[str, dict[str, Any]]] = {n: {} for n in args.scenarios}
+    for path in args.reuse:
+        if not path.is_file():
+            parser.error(f"--reuse: {path}: no such file")
+        old = json.loads(path.read_text())["table"]
+        for n in args.scenarios:
+            table[n].update({p: row for p, row in old.get(n, {}).items() if p in args.policies})
+    jobs: list[Job] = [
+        (n, p, args.quick, trace, args.num_requests)
+        for n in args.scenarios
+        for p in args.policies
+        if p not in table[n]
+    ]
     start = time.perf_counter()
     with tqdm(total=len(jobs), desc="policy suite", unit="run") as bar:
         if args.workers == 1:
