@@ -229,12 +229,14 @@ def main() -> None:
         old = json.loads(path.read_text())["table"]
         for n in args.scenarios:
             table[n].update({p: row for p, row in old.get(n, {}).items() if p in args.policies})
-    jobs: list[Job] = [
+    jobs: list[Job] = [  # policy by policy: an interrupted run still has whole columns
         (n, p, args.quick, trace, args.num_requests)
-        for n in args.scenarios
         for p in args.policies
+        for n in args.scenarios
         if p not in table[n]
     ]
+    args.out.mkdir(parents=True, exist_ok=True)
+    partial = args.out / "policy_suite.partial.json"
     start = time.perf_counter()
     with tqdm(total=len(jobs), desc="policy suite", unit="run") as bar:
         if args.workers == 1:
@@ -244,13 +246,13 @@ def main() -> None:
             done = pool.map(run_one, jobs)
         for name, policy, row in done:
             table[name][policy] = row
+            partial.write_text(json.dumps({"table": table}, indent=1))  # --reuse reads it
             bar.set_postfix_str(f"{name}/{policy}")
             bar.update(1)
     wall_s = time.perf_counter() - start
     for name in table:  # keep the --policies order
         table[name] = {p: table[name][p] for p in args.policies}
     per_scenario = gains(table)
-    args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "policy_suite.json").write_text(
         json.dumps({"table": table, "star_vs_best_baseline": per_scenario}, indent=1)
     )
