@@ -45,6 +45,7 @@ sys.path.insert(0, str(REPO_ROOT))  # this checkout's starserve, wherever it is 
 
 from starserve.cluster.config import ClusterConfig  # noqa: E402
 from starserve.cluster.launch import launch_cluster, switch_policy  # noqa: E402
+from starserve.errors import StarserveError  # noqa: E402
 from starserve.hardware import resolve_dtype, result_tags  # noqa: E402
 from starserve.metrics.records import RequestRecord  # noqa: E402
 from starserve.metrics.summary import summarize  # noqa: E402
@@ -312,6 +313,10 @@ def main() -> None:
         args.num_prompts, args.long_cap, args.capacity_prompts = 8, 48, 8
     if not 0 < args.load_fraction <= 2:
         parser.error("--load-fraction must be in (0, 2]")
+    try:
+        policies = parse_policy_list(args.policies)
+    except StarserveError as error:
+        parser.error(str(error))
     out_dir = cache_dir() / "cluster_skew"
     out_dir.mkdir(parents=True, exist_ok=True)
     seeds: list[int] = args.seed
@@ -320,7 +325,6 @@ def main() -> None:
             workload_path(out_dir, seed), args.num_prompts, args.long_fraction,
             args.short_cap, args.long_cap, seed,
         )  # fmt: skip
-    policies = parse_policy_list(args.policies)
     config = ClusterConfig(
         num_prefill=1, num_decode=2, policy=policies[0], engine={"num_kv_blocks": args.kv_blocks}
     )

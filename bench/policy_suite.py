@@ -202,6 +202,14 @@ def main() -> None:
         default=None,
         help="CSV/JSONL trace replacing each scenario's requests (its timestamps when present)",
     )
+    parser.add_argument(
+        "--reuse",
+        type=Path,
+        action="append",
+        default=[],
+        help="a previous run's policy_suite.json: its (scenario, policy) rows are taken "
+        "instead of run again (repeatable; later files win). Only rows of unchanged code!",
+    )
     parser.add_argument("--out", type=Path, default=Path("bench/out/policy_suite"))
     parser.add_argument(
         "--workers", type=int, default=1, help="processes running (scenario, policy) pairs"
@@ -214,10 +222,21 @@ def main() -> None:
     trace = str(args.trace) if args.trace else None
     if args.num_requests is not None and args.num_requests < 1:
         parser.error("--num-requests must be >= 1")
-    jobs: list[Job] = [
-        (n, p, args.quick, trace, args.num_requests) for n in args.scenarios for p in args.policies
-    ]
     table: dict[str, dict[str, dict[str, Any]]] = {n: {} for n in args.scenarios}
+    for path in args.reuse:
+        if not path.is_file():
+            parser.error(f"--reuse: {path}: no such file")
+        old = json.loads(path.read_text())["table"]
+        for n in args.scenarios:
+            table[n].update({p: row for p, row in old.get(n, {}).items() if p in args.policies})
+    jobs: list[Job] = [  # policy by policy: an interrupted run still has whole columns
+        (n, p, args.quick, trace, args.num_requests)
+        for p in args.policies
+        for n in args.scenarios
+        if p not in table[n]
+    ]
+    args.out.mkdir(parents=True, exist_ok=True)
+    partial = args.out / "policy_suite.partial.json"
     start = time.perf_counter()
     with tqdm(total=len(jobs), desc="policy suite", unit="run") as bar:
         if args.workers == 1:
@@ -227,13 +246,13 @@ def main() -> None:
             done = pool.map(run_one, jobs)
         for name, policy, row in done:
             table[name][policy] = row
+            partial.write_text(json.dumps({"table": table}, indent=1))  # --reuse reads it
             bar.set_postfix_str(f"{name}/{policy}")
             bar.update(1)
     wall_s = time.perf_counter() - start
     for name in table:  # keep the --policies order
         table[name] = {p: table[name][p] for p in args.policies}
     per_scenario = gains(table)
-    args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "policy_suite.json").write_text(
         json.dumps({"table": table, "star_vs_best_baseline": per_scenario}, indent=1)
     )

@@ -140,6 +140,11 @@ class StarRebalanceParams:
     pressure_gate: bool = False
     relief_remaining_factor: float = 1.0
     min_growth_per_copied_token: float = 0.0
+    # act only while some instance has preempted requests waiting (memory actually ran out),
+    # and then only relieve: measured on the suite, anticipatory relief and the balance pass
+    # cost more (KV copies, destination blocks held during the copy) than they saved
+    reactive: bool = False
+    balance: bool = True
 
 
 def _blocks(num_tokens: int, block_size: int) -> int:
@@ -217,6 +222,8 @@ def star_plan(
     request that best evens the pair's scores."""
     if len(snapshots) < 2 or (params.pressure_gate and not under_pressure(snapshots)):
         return []
+    if params.reactive and not any(s.num_preempted > 0 for s in snapshots):
+        return []
     items = cluster_item_arrays(snapshots, cache)
     ctx = star_context(snapshots, params.weighting)
     loads = cluster_loads(snapshots, items, ctx)
@@ -247,6 +254,8 @@ def star_plan(
                 MigrationDecision(request.request_id, src.instance_id, dst.instance_id)
             )
             used.update((src.instance_id, dst.instance_id))
+    if not params.balance:
+        return decisions
     free = [s for s in idle if s.instance_id not in used and not urgent(s)]
     sources = [
         s for s in free if s.requests and scores[s.instance_id] > mean + params.imbalance_threshold
@@ -278,6 +287,15 @@ REBALANCE_POLICIES: dict[str, RebalanceFn] = {
     "llumnix": llumnix,
     "llumnix_v1": llumnix_v1,
     "star": _star_rebalance(
+        StarRebalanceParams(
+            pressure_gate=True,
+            relief_remaining_factor=UPPER_QUANTILE_FACTOR,
+            min_growth_per_copied_token=1.0,
+            reactive=True,
+            balance=False,
+        )
+    ),
+    "star_anticipatory": _star_rebalance(
         StarRebalanceParams(
             pressure_gate=True,
             relief_remaining_factor=UPPER_QUANTILE_FACTOR,

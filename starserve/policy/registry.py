@@ -109,7 +109,8 @@ def _spec(
     reads: SnapshotReads = "requests",
     rebalance_interval_s: float | None = None,
 ) -> PolicySpec:
-    gated = dispatch == "star" and rebalance in ("star", "none")  # both wait for pressure
+    # both wait for pressure
+    gated = dispatch == "star" and rebalance in ("star", "star_anticipatory", "none")
     return PolicySpec(
         name,
         dispatch,
@@ -179,6 +180,13 @@ POLICIES: dict[str, PolicySpec] = {
             "cost-aware migration with P90 relief",
         ),
         _spec("oracle", "star", "star", "oracle", "STAR fed exact remaining lengths (upper bound)"),
+        _spec(
+            "star_anticipatory",
+            "star",
+            "star_anticipatory",
+            "model",
+            "variant: STAR relieving on P90 overflow ahead of preemption, plus the balance pass",
+        ),
         _spec(
             "star_v1",
             "star_v1",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 
 from starserve.policy import get_policy
@@ -60,7 +61,12 @@ def test_relief_reads_the_upper_quantile() -> None:
     pressed = InstanceSnapshot(0, BLOCK, 414, 10, 0, 0, requests)
     roomy = InstanceSnapshot(1, BLOCK, 2000, 2000, 0, 0, ())
     assert under_pressure([pressed, roomy])
-    star = get_policy("star").bind().plan_migrations([pressed, roomy])
+    ahead = get_policy("star_anticipatory").bind().plan_migrations([pressed, roomy])
+    assert [(d.src_instance_id, d.dst_instance_id) for d in ahead] == [(0, 1)]
+    # STAR itself waits until memory actually runs out (a preempted request waiting)
+    assert get_policy("star").bind().plan_migrations([pressed, roomy]) == []
+    preempting = dataclasses.replace(pressed, num_waiting=1, num_preempted=1)
+    star = get_policy("star").bind().plan_migrations([preempting, roomy])
     assert [(d.src_instance_id, d.dst_instance_id) for d in star] == [(0, 1)]
 
     snapshots = [pressed, roomy]
@@ -77,5 +83,5 @@ def test_a_balance_move_must_buy_more_growth_than_it_copies() -> None:
     src = InstanceSnapshot(0, BLOCK, int(used / 0.85), int(used / 0.85) - used, 0, 0, heavy)
     dst = InstanceSnapshot(1, BLOCK, int(used / 0.85), int(used / 0.85), 0, 0, ())
     assert under_pressure([src, dst])
-    assert get_policy("star").bind().plan_migrations([src, dst]) == []
+    assert get_policy("star_anticipatory").bind().plan_migrations([src, dst]) == []
     assert len(get_policy("star_v1").bind().plan_migrations([src, dst])) == 1
