@@ -198,7 +198,9 @@ def _load_weights(config: ClusterConfig) -> Any:
     from starserve.model.loader import load_model
 
     overrides = config.engine_overrides()
-    return load_model(overrides.get("model"), overrides.get("dtype", "float32"))
+    return load_model(
+        overrides.get("model"), overrides.get("dtype", "float32"), overrides.get("device", "cpu")
+    )
 
 
 def launch_cluster(config: ClusterConfig, address: str | None = None) -> Cluster:
