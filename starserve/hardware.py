@@ -246,7 +246,8 @@ def startup_line(dtype: str, device: str = "cpu") -> str:
 
         where = f", device {device} ({torch.cuda.get_device_name()})"
         note = ""
-    return f"cpu: {caps.describe()}, dtype {dtype}{note}{where}"
+    # PyTorch's own report beside ours: a mismatch (say torch AVX2 on an avx512 level) shows.
+    return f"cpu: {caps.describe()}, torch {torch_capability()}, dtype {dtype}{note}{where}"
 
 
 def result_tags(dtype: str | None = None) -> dict[str, str]:
