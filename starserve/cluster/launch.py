@@ -198,9 +198,7 @@ def _load_weights(config: ClusterConfig) -> Any:
     from starserve.model.loader import load_model
 
     overrides = config.engine_overrides()
-    return load_model(
-        overrides.get("model"), overrides.get("dtype", "float32"), overrides.get("device", "cpu")
-    )
+    return load_model(overrides.get("model"), overrides.get("dtype", "float32"))
 
 
 def launch_cluster(config: ClusterConfig, address: str | None = None) -> Cluster:
@@ -209,8 +207,12 @@ def launch_cluster(config: ClusterConfig, address: str | None = None) -> Cluster
 
     owns_ray = _init_ray(config, address)
     weights_ref = ray.put(_load_weights(config))  # load once; every instance unpickles a copy
+    num_instances = config.num_prefill + config.num_decode
+    on_gpu = config.engine_overrides().get("device", "cpu") == "cuda"  # instances share 1 GPU
     worker_cls = ray.remote(InstanceWorker).options(
-        num_cpus=config.num_cpus_per_instance, max_concurrency=MAX_ACTOR_CONCURRENCY
+        num_cpus=config.num_cpus_per_instance,
+        num_gpus=1 / num_instances if on_gpu else 0,
+        max_concurrency=MAX_ACTOR_CONCURRENCY,
     )
     actors: list[Any] = [
         worker_cls.remote(
