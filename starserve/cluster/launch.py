@@ -251,7 +251,8 @@ def _wait_ready(actors: list[Any], owns_ray: bool) -> None:
         if owns_ray:
             ray.shutdown()
         found = re.findall(r"StarserveError: (.+)", str(err))
-        reason = found[-1].strip() if found else str(err).strip().splitlines()[-1]
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+        reason = found[-1].strip() if found else (lines[0] if lines else type(err).__name__)
         raise StarserveError(f"an instance failed to start: {reason}") from None
 
 
