@@ -215,13 +215,39 @@ def resolve_dtype(requested: str) -> str:
     return auto_dtype() if requested == "auto" else requested
 
 
-def startup_line(dtype: str) -> str:
+DEVICES = ("cpu", "cuda")
+
+
+def check_device(device: str) -> str:
+    """The engine device for `--device`: cpu, or cuda when PyTorch sees a GPU; anything else,
+    or cuda without a GPU, is a one-line error at start-up."""
+    from starserve.errors import StarserveError
+
+    if device not in DEVICES:
+        raise StarserveError(f"--device must be one of {', '.join(DEVICES)}, got {device!r}")
+    if device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            build = f"torch {torch.__version__}"
+            raise StarserveError(f"--device cuda: no CUDA GPU is visible to PyTorch ({build})")
+    return device
+
+
+def startup_line(dtype: str, device: str = "cpu") -> str:
     """What the CLI prints at start-up: the CPU, its ISA level and the dtype chosen for it."""
     caps = cpu()
     note = ""
     if dtype == "bfloat16" and not caps.native_bf16_matmul:
         note = " (no native bfloat16 on this CPU: correct but slow; float32 is faster here)"
-    return f"cpu: {caps.describe()}, dtype {dtype}{note}"
+    where = ""
+    if device != "cpu":
+        import torch
+
+        where = f", device {device} ({torch.cuda.get_device_name()})"
+        note = ""
+    # PyTorch's own report beside ours: a mismatch (say torch AVX2 on an avx512 level) shows.
+    return f"cpu: {caps.describe()}, torch {torch_capability()}, dtype {dtype}{note}{where}"
 
 
 def result_tags(dtype: str | None = None) -> dict[str, str]:

@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from starserve.errors import StarserveError
-from starserve.hardware import DTYPE_HELP, resolve_dtype, startup_line
+from starserve.hardware import DTYPE_HELP, check_device, resolve_dtype, startup_line
 
 app = typer.Typer(
     help="The serving model: conversion and a quick generation check.", no_args_is_help=True
@@ -40,16 +40,17 @@ def generate_command(
     seed: int | None = typer.Option(None, help="per-request seed for sampling"),
     dtype: str = typer.Option("auto", help=DTYPE_HELP),
     threads: int | None = typer.Option(None, help="torch threads (default: torch's choice)"),
+    device: str = typer.Option("cpu", help="cpu, or cuda (an error without a GPU)"),
 ) -> None:
     """Generate a reply with the starserve engine, streaming the text."""
     from starserve.config import validate
     from starserve.engine import Engine, EngineConfig, SamplingParams
 
     dtype = resolve_dtype(dtype)
-    typer.echo(startup_line(dtype), err=True)
-    config = validate(
-        EngineConfig, {"model": model, "dtype": dtype, "num_threads": threads}, "options"
-    )
+    device = check_device(device)
+    typer.echo(startup_line(dtype, device), err=True)
+    settings = {"model": model, "dtype": dtype, "num_threads": threads, "device": device}
+    config = validate(EngineConfig, settings, "options")
     params = SamplingParams(max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed)
     try:
         params.validate()

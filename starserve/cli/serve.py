@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from starserve.errors import StarserveError
-from starserve.hardware import DTYPE_HELP, resolve_dtype, startup_line
+from starserve.hardware import DTYPE_HELP, check_device, resolve_dtype, startup_line
 
 
 def _check_port_free(host: str, port: int) -> None:
@@ -59,6 +59,12 @@ def command(
     dtype: str = typer.Option(
         "auto", "--dtype", help="Engine dtype of every instance: " + DTYPE_HELP
     ),
+    device: str = typer.Option(
+        "cpu",
+        "--device",
+        help="Where every instance runs: cpu, or cuda (weights, paged KV and sampling on the GPU; "
+        "attention over the paged blocks in PyTorch). cuda without a GPU is an error.",
+    ),
     kv_blocks: int | None = typer.Option(
         None,
         "--kv-blocks",
@@ -90,8 +96,11 @@ def command(
         raise StarserveError(f"--max-num-requests must be >= 1, got {max_num_requests}")
     _check_port_free(host, port)
     dtype = resolve_dtype(dtype)
-    typer.echo(startup_line(dtype), err=True)
-    engine = {"num_kv_blocks": kv_blocks} if kv_blocks is not None else {}
+    device = check_device(device)
+    typer.echo(startup_line(dtype, device), err=True)
+    engine: dict[str, object] = {"num_kv_blocks": kv_blocks} if kv_blocks is not None else {}
+    if device != "cpu":
+        engine["device"] = device
     cluster = validate(
         ClusterConfig,
         {

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import Any
 
@@ -47,7 +48,13 @@ def build_engine(config: Any, weights: Any = None) -> tuple[Any, Any | None]:
         overrides["hidden_state_interval"] = int(predictor.interval)
     overrides.update(config.engine_overrides)
     torch.set_num_threads(int(overrides["num_threads"]))
-    engine = Engine(EngineConfig(**overrides), weights=weights)
+    engine_config = EngineConfig(**overrides)
+    if weights is not None and weights.device != engine_config.device:
+        # The driver ships CPU weights through Ray; each instance moves them to its device.
+        weights = dataclasses.replace(
+            weights, model=weights.model.to(engine_config.device), device=engine_config.device
+        )
+    engine = Engine(engine_config, weights=weights)
     try:
         warm_up(engine)
     except EngineStartupError as err:

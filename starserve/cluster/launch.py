@@ -279,8 +279,11 @@ def launch_cluster(config: ClusterConfig, address: str | None = None) -> Cluster
 
     owns_ray = _init_ray(config, address)
     weights_ref = ray.put(_load_weights(config))  # load once; every instance unpickles a copy
+    num_instances = config.num_prefill + config.num_decode
+    on_gpu = config.engine_overrides().get("device", "cpu") == "cuda"  # instances share 1 GPU
     worker_cls = ray.remote(InstanceWorker).options(
         num_cpus=config.num_cpus_per_instance,
+        num_gpus=1 / num_instances if on_gpu else 0,
         max_concurrency=MAX_ACTOR_CONCURRENCY,
         max_restarts=config.instance_max_restarts,  # a crashed instance comes back (health.py)
     )
@@ -323,7 +326,8 @@ def _wait_ready(actors: list[Any], owns_ray: bool) -> None:
         if owns_ray:
             ray.shutdown()
         found = re.findall(r"StarserveError: (.+)", str(err))
-        reason = found[-1].strip() if found else str(err).strip().splitlines()[-1]
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+        reason = found[-1].strip() if found else (lines[0] if lines else type(err).__name__)
         raise StarserveError(f"an instance failed to start: {reason}") from None
 
 

@@ -16,6 +16,9 @@ class EngineConfig(Settings):
         None, description="GGUF file or Hugging Face folder; None = bundled SmolLM2-135M-Instruct"
     )
     dtype: Literal["float32", "bfloat16"] = Field("float32", description="weights, activations, KV")
+    device: Literal["cpu", "cuda"] = Field(
+        "cpu", description="where weights, paged KV and sampling live (cuda: PyTorch attention)"
+    )
     block_size: int = Field(16, ge=1, description="tokens per KV block")
     num_kv_blocks: int | None = Field(
         None, ge=1, description="KV blocks; None = as many as fit in kv_cache_memory_mb"

@@ -35,9 +35,11 @@ class Engine(MigrationMixin):
             torch.set_num_threads(config.num_threads)
         if config.keep_freed_memory:
             keep_freed_memory()
-        weights = weights or load_model(config.model, config.dtype)
+        weights = weights or load_model(config.model, config.dtype, config.device)
         if weights.dtype != config.dtype:
             raise ValueError(f"weights are {weights.dtype}, config asks for {config.dtype}")
+        if weights.device != config.device:
+            raise ValueError(f"weights are on {weights.device}, config asks for {config.device}")
         mc = weights.config
         if config.hidden_state_middle_layer is not None and not (
             0 <= config.hidden_state_middle_layer < mc.num_layers
@@ -52,6 +54,7 @@ class Engine(MigrationMixin):
             # Head-major: [layers, 2, KV, blocks, block_size, D] (see docs/engine.md).
             (mc.num_layers, 2, mc.num_kv_heads, self._num_blocks(), config.block_size, mc.head_dim),
             dtype=DTYPES[config.dtype],
+            device=config.device,
         )
         self.blocks = BlockManager(self.kv_cache.shape[3], config.block_size)
         self.scheduler = Scheduler(self.blocks, config.max_num_seqs, config.max_num_batched_tokens)
@@ -213,9 +216,10 @@ class Engine(MigrationMixin):
             output = self._append_token(seq, tokens[row])
             interval = self.config.hidden_state_interval
             if interval and (output.num_generated_tokens - 1) % interval == 0:
-                output.hidden_last = forward.hidden_last[row].clone()
+                # Host copies: outputs cross processes (Ray) and feed the CPU predictor.
+                output.hidden_last = forward.hidden_last[row].to("cpu", copy=True)
                 if forward.hidden_middle is not None:
-                    output.hidden_middle = forward.hidden_middle[row].clone()
+                    output.hidden_middle = forward.hidden_middle[row].to("cpu", copy=True)
             if entropies is not None:
                 output.token_entropy = entropies[row]
             outputs.append(output)

@@ -62,7 +62,11 @@ class MigrationMixin:
             first_block = earlier // self.block_size if earlier <= num_kv_tokens else 0
         block_ids = seq.block_table[first_block : blocks_for(num_kv_tokens, self.block_size)]
         # One copy, in the cache's own head-major layout [layers, 2, KV, blocks, bs, D].
-        kv = self.kv_cache.index_select(3, torch.tensor(block_ids, dtype=torch.long))
+        ids = torch.tensor(block_ids, dtype=torch.long).to(self.kv_cache.device)
+        kv = self.kv_cache.index_select(3, ids)
+        if kv.is_cuda:  # to pinned host memory: the snapshot travels through Ray as on CPU
+            host = torch.empty(kv.shape, dtype=kv.dtype, pin_memory=True)
+            kv = host.copy_(kv)
         stage = seq.next_stage
         seq.next_stage += 1
         seq.stage_num_kv_tokens[stage] = num_kv_tokens
@@ -144,7 +148,11 @@ class MigrationMixin:
             blocks = self.blocks.reserve(snapshot.request_id, snapshot.num_kv_tokens)
         first = snapshot.first_block_index
         target = torch.tensor(blocks[first : first + snapshot.kv.shape[3]], dtype=torch.long)
-        self.kv_cache.index_copy_(3, target, snapshot.kv.to(self.kv_cache.dtype))
+        kv = snapshot.kv.to(self.kv_cache.dtype)
+        if self.kv_cache.is_cuda:  # through pinned host memory, one host-to-device copy
+            kv = (kv if kv.is_pinned() else kv.pin_memory()).to(self.kv_cache.device)
+            target = target.to(self.kv_cache.device)
+        self.kv_cache.index_copy_(3, target, kv)
 
     def commit_import(self, snapshot: RequestSnapshot) -> None:
         """Write the final stage and start decoding the request here."""

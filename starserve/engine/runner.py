@@ -1,6 +1,8 @@
 """Turns scheduled chunks into model inputs and runs one forward pass.
 
-The runner reads each sequence's block table and never touches the block manager.
+The runner reads each sequence's block table and never touches the block manager. Inputs are
+built on the host and moved to the KV cache's device in one go (CPU: no copy); the native
+decode kernel runs only on CPU, a GPU takes the PyTorch attention path over the same blocks.
 """
 
 from __future__ import annotations
@@ -28,7 +30,9 @@ class ModelRunner:
         self.block_size = block_size
         self.middle_layer = middle_layer
         self.dtype = kv_cache.dtype
-        self.native_kernel = decode_attention_kernel() if head_dim % 16 == 0 else None
+        self.device = kv_cache.device
+        on_cpu = self.device.type == "cpu"
+        self.native_kernel = decode_attention_kernel() if on_cpu and head_dim % 16 == 0 else None
 
     def run(self, chunks: list[ScheduledChunk]) -> ForwardOutput:
         """Forward the chunks (single-token chunks first); rows = chunks that sample, in order."""
@@ -43,12 +47,15 @@ class ModelRunner:
                 select.append(len(token_ids) - 1)
         position_tensor = torch.tensor(positions, dtype=torch.long)
         batch = self._attention_batch(chunks, position_tensor)
+        device = self.device
+        if device.type != "cpu":
+            batch = _batch_to(batch, device)
         return self.model(
-            torch.tensor(token_ids, dtype=torch.long),
-            position_tensor,
+            torch.tensor(token_ids, dtype=torch.long).to(device),
+            position_tensor.to(device),
             self.flat_cache,
             batch,
-            torch.tensor(select, dtype=torch.long),
+            torch.tensor(select, dtype=torch.long).to(device),
             self.middle_layer,
         )
 
@@ -122,3 +129,21 @@ class ModelRunner:
         valid = torch.arange(max_context)[None, :] < torch.tensor(context_lens)[:, None]
         bias = torch.zeros(valid.shape, dtype=self.dtype).masked_fill_(~valid, float("-inf"))
         return slots, bias[:, None, :]
+
+
+def _batch_to(batch: AttentionBatch, device: torch.device) -> AttentionBatch:
+    """The step's attention inputs on `device` (the PyTorch path: no native kernel there)."""
+
+    def move(tensor: torch.Tensor | None) -> torch.Tensor | None:
+        return None if tensor is None else tensor.to(device, non_blocking=True)
+
+    slot_mapping = move(batch.slot_mapping)
+    assert slot_mapping is not None
+    prefills = [
+        PrefillChunk(c.token_start, c.num_tokens, move(c.context_slots), move(c.mask))
+        for c in batch.prefills
+    ]
+    return AttentionBatch(
+        slot_mapping, batch.num_decode_tokens, move(batch.decode_slots), move(batch.decode_bias),
+        prefills, native=None,
+    )  # fmt: skip

@@ -49,12 +49,13 @@ def nucleus(
     ids [S, C], and whether each row's nucleus lies wholly among its C candidates [S])."""
     vocab = logits.shape[-1]
     count = min(CANDIDATES, vocab)
-    temperature = torch.tensor([p.temperature for p in params], dtype=logits.dtype)
+    device = logits.device
+    temperature = torch.tensor([p.temperature for p in params], dtype=logits.dtype, device=device)
     probs = torch.softmax(logits / temperature[:, None], dim=-1)
     top_probs, top_ids = torch.topk(probs, count, dim=-1)  # sorted, descending
-    top_k = torch.tensor([p.top_k if 0 < p.top_k < vocab else vocab for p in params])
-    top_p = torch.tensor([p.top_p for p in params], dtype=logits.dtype)
-    rank = torch.arange(count)
+    top_k = torch.tensor([p.top_k if 0 < p.top_k < vocab else vocab for p in params], device=device)
+    top_p = torch.tensor([p.top_p for p in params], dtype=logits.dtype, device=device)
+    rank = torch.arange(count, device=device)
     in_top_k = rank[None, :] < top_k[:, None]
     # top-p is measured on the distribution renormalised over the top-k survivors
     top_k_mass = torch.where(top_k <= count, (top_probs * in_top_k).sum(-1), 1.0)
@@ -78,11 +79,13 @@ def sample(
     rows = [row for row, row_params in enumerate(params) if not row_params.greedy]
     if not rows:
         return tokens
-    kept, ids, complete = nucleus(logits[rows], [params[row] for row in rows])
+    # The nucleus is found where the logits are (GPU or CPU); the draws use each request's
+    # CPU generator on the host, so a seeded request samples the same tokens on any device.
+    kept, ids, complete = (t.cpu() for t in nucleus(logits[rows], [params[row] for row in rows]))
     cumulative = kept.cumsum(-1)
     for index, row in enumerate(rows):
         if not complete[index]:
-            tokens[row] = sample_row(logits[row], params[row], generators[row])
+            tokens[row] = sample_row(logits[row].cpu(), params[row], generators[row])
             continue
         draw = torch.rand((), generator=generators[row]) * cumulative[index, -1]
         position = int(torch.searchsorted(cumulative[index], draw, right=True))

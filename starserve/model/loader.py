@@ -37,6 +37,7 @@ class LoadedModel:
     source: str  # the GGUF file or folder it came from
     hf_dir: Path  # Hugging Face folder holding the weights (the cache folder for GGUF)
     dtype: str
+    device: str = "cpu"
 
 
 def bundled_gguf() -> Path:
@@ -150,8 +151,11 @@ def _fuse_into(model: LlamaModel, state: dict[str, torch.Tensor]) -> None:
             layer.post_norm.weight.copy_(take(f"{pre}post_attention_layernorm.weight"))
 
 
-def load_model(source: str | None = None, dtype: str = "float32") -> LoadedModel:
-    """Load a model for the engine: None = the bundled SmolLM2-135M-Instruct GGUF."""
+def load_model(
+    source: str | None = None, dtype: str = "float32", device: str = "cpu"
+) -> LoadedModel:
+    """Load a model for the engine: None = the bundled SmolLM2-135M-Instruct GGUF; weights on
+    `device` (cpu, or cuda: checked by `hardware.check_device` first)."""
     from transformers import AutoTokenizer
 
     if dtype not in DTYPES:
@@ -167,5 +171,7 @@ def load_model(source: str | None = None, dtype: str = "float32") -> LoadedModel
     # RoPE tables stay float32: positions are cast per step, as transformers does.
     model.rope_cos = model.rope_cos.float()
     model.rope_sin = model.rope_sin.float()
+    if device != "cpu":
+        model = model.to(device)
     tokenizer = AutoTokenizer.from_pretrained(str(folder))
-    return LoadedModel(config, model, tokenizer, description, folder, dtype)
+    return LoadedModel(config, model, tokenizer, description, folder, dtype, device)

@@ -209,6 +209,8 @@ def linear(
     """F.linear: `small_linear` for 1-2 bfloat16 rows when the kernels are built, else the
     pre-packed weight (`packing.py`) where it pays, else the plain library call."""
     rows = x.shape[0]
+    if x.is_cuda:
+        return F.linear(x, weight, bias)
     if x.dtype == torch.bfloat16 and rows <= SMALL_LINEAR_MAX_ROWS and x.dim() == 2:
         library = _library()
         if library is not None and x.stride(1) == 1 and weight.is_contiguous():

@@ -18,8 +18,9 @@ or avx_ne_convert (on a plain AVX2 CPU it raises), so there bfloat16 weights sta
 `F.linear` serves them; MKL's float32 packing works from AVX2 up.
 
 MKL splits a float32 product of 5-11 rows between threads in a way that changes the last bits
-with the row count, so such products are padded to 12 rows: a request's result never depends
-on how many batch-mates it has (measured with 2 threads; 4, 8 and 12+ rows are stable).
+with the row count, so such products are padded to the next multiple of 4 rows (8 or 12): a
+request's result never depends on how many batch-mates it has (measured with 2 threads; 4, 8
+and 12+ rows are stable).
 
 Beyond `MAX_PACKED_ROWS` (long prefill chunks) the plain path is as fast or faster, so it is used.
 `STARSERVE_PACK=0` turns packing off (for A/B measurements).
@@ -37,7 +38,7 @@ from starserve.hardware import cpu
 MAX_PACKED_ROWS = 256
 PACK_HINT_ROWS = 32  # the batch size the library tunes its layout for (any size works)
 MIN_PACKED_ROWS = {torch.bfloat16: 3, torch.float32: 4}  # fewer: small_linear / plain is as fast
-FLOAT32_PAD_ROWS = (5, 11, 12)  # float32 products of 5..11 rows run as 12 (see above)
+FLOAT32_PAD_ROWS = (5, 11)  # float32 products of 5..11 rows run as 8 or 12 (see above)
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,8 +54,9 @@ class PackedWeight:
             return None
         if x.dtype == torch.bfloat16:
             return torch.ops.mkldnn._linear_pointwise(x, self.packed, bias, "none", [], "")
-        low, high, padded = FLOAT32_PAD_ROWS
+        low, high = FLOAT32_PAD_ROWS
         if low <= rows <= high:
+            padded = -(-rows // 4) * 4
             full = x.new_zeros(padded, x.shape[1])
             full[:rows] = x
             return torch.ops.mkl._mkl_linear(full, self.packed, self.plain, bias, padded)[:rows]

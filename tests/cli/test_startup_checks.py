@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import torch
+
 from starserve.model.loader import resolve_hf_dir
 
 
@@ -27,10 +29,15 @@ def _free_port() -> int:
 
 
 def test_bad_dtype_and_device_are_one_line_errors() -> None:
-    for args, message in (
+    cases = [
         (["model", "generate", "hi", "--dtype", "float16"], "--dtype must be one of auto"),
         (["serve", "--dtype", "int8"], "--dtype must be one of auto"),
-    ):
+        (["model", "generate", "hi", "--device", "tpu"], "--device must be one of cpu, cuda"),
+    ]
+    if not torch.cuda.is_available():
+        cases.append((["model", "generate", "hi", "--device", "cuda"], "no CUDA GPU is visible"))
+        cases.append((["serve", "--device", "cuda"], "no CUDA GPU is visible"))
+    for args, message in cases:
         done = _run(args, timeout_s=60)
         assert done.returncode == 2, done.stderr
         assert done.stderr.strip().splitlines()[-1].startswith("error: ")

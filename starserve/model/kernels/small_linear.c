@@ -64,11 +64,26 @@ static void dot_block(const void *x, int64_t x_stride, const void *W, int64_t n0
     }
     for (int64_t m = 0; m < M; m++)
         for (int64_t o = 0; o < count; o++) dot[m][o] = _mm512_reduce_add_ps(acc[m][o]);
+#elif defined(VECTOR8)
+    /* AVX2+FMA: 8 lanes, bfloat16 widened on load (no bfloat16 dot instruction here). */
+    __m256 acc[MAX_ROWS][OUT_BLOCK];
+    for (int64_t m = 0; m < M; m++)
+        for (int64_t o = 0; o < OUT_BLOCK; o++) acc[m][o] = _mm256_setzero_ps();
+    for (; k0 + 8 <= K; k0 += 8) {
+        __m256 w[OUT_BLOCK];
+        for (int64_t o = 0; o < count; o++) w[o] = load8(W, (n0 + o) * K + k0, dtype);
+        for (int64_t m = 0; m < M; m++) {
+            __m256 xv = load8(x, m * x_stride + k0, dtype);
+            for (int64_t o = 0; o < count; o++) acc[m][o] = _mm256_fmadd_ps(xv, w[o], acc[m][o]);
+        }
+    }
+    for (int64_t m = 0; m < M; m++)
+        for (int64_t o = 0; o < count; o++) dot[m][o] = hsum8(acc[m][o]);
 #else
     for (int64_t m = 0; m < M; m++)
         for (int64_t o = 0; o < count; o++) dot[m][o] = 0.0f;
 #endif
-    for (int64_t k = k0; k < K; k++) /* tail (and the whole product without AVX-512) */
+    for (int64_t k = k0; k < K; k++) /* tail (and the whole product without a vector path) */
         for (int64_t m = 0; m < M; m++) {
             float xv = element(x, m * x_stride + k, dtype);
             for (int64_t o = 0; o < count; o++)
