@@ -43,15 +43,15 @@ class InstanceHandle(Protocol):
     async def abort_import(self, request_id: str) -> None: ...
 
 
-class LocalInstance:
-    """An in-process worker behind the async interface (blocking calls run in threads)."""
+class CallingInstance:
+    """The `InstanceHandle` calls that forward one-to-one to an `InstanceWorker` method,
+    written once: a transport defines `_call` (threads in-process, Ray remotely) and
+    overrides what moves KV differently (prefill and stage exports)."""
 
-    def __init__(self, worker: InstanceWorker):
-        self.worker = worker
-        self.instance_id = worker.instance_id
+    instance_id: int
 
     async def _call(self, name: str, *args: Any) -> Any:
-        return await asyncio.to_thread(getattr(self.worker, name), *args)
+        raise NotImplementedError
 
     async def prefill(self, request_id: str, prompt: list[int], params: Any) -> tuple[Handoff, Any]:
         result: tuple[Handoff, Any] = await self._call("prefill", request_id, prompt, params)
@@ -108,3 +108,14 @@ class LocalInstance:
 
     async def abort_import(self, request_id: str) -> None:
         await self._call("abort_import", request_id)
+
+
+class LocalInstance(CallingInstance):
+    """An in-process worker behind the async interface (blocking calls run in threads)."""
+
+    def __init__(self, worker: InstanceWorker):
+        self.worker = worker
+        self.instance_id = worker.instance_id
+
+    async def _call(self, name: str, *args: Any) -> Any:
+        return await asyncio.to_thread(getattr(self.worker, name), *args)

@@ -18,14 +18,13 @@ from typing import Any
 
 from starserve.cluster.config import ClusterConfig
 from starserve.cluster.controller import ClusterMetrics, Controller
+from starserve.cluster.handles import CallingInstance
 from starserve.cluster.policies import bind_policy
 from starserve.cluster.types import (
     Handoff,
     InstanceDiedError,
-    InstancePoll,
     InstanceUnavailableError,
     MigrationRecord,
-    OutputChunk,
     StageInfo,
     WorkerConfig,
 )
@@ -40,7 +39,7 @@ MAX_ACTOR_CONCURRENCY = 1024  # blocking prefill calls wait in actor threads
 RESTART_POLL_S = 0.5  # how often a restart asks whether the new actor process is up
 
 
-class RayInstance:
+class RayInstance(CallingInstance):
     """An instance actor behind the async `InstanceHandle` interface. Ray's actor-death
     errors become `InstanceDiedError`, so the controller needs no Ray to recognise them."""
 
@@ -69,25 +68,6 @@ class RayInstance:
         )
         return await self._await(handoff_ref), snapshot_ref
 
-    async def import_request(self, payload: Any) -> bool:
-        return bool(await self._call("import_request", payload))
-
-    async def replay(
-        self, request_id: str, prompt: list[int], generated: list[int], params: Any
-    ) -> bool:
-        return bool(await self._call("replay", request_id, prompt, generated, params))
-
-    async def poll(self) -> InstancePoll:
-        result: InstancePoll = await self._call("poll")
-        return result
-
-    async def abort(self, request_id: str) -> None:
-        await self._call("abort", request_id)
-
-    async def wait_outputs(self, timeout_s: float) -> list[OutputChunk]:
-        result: list[OutputChunk] = await self._call("wait_outputs", timeout_s)
-        return result
-
     async def export_stage(
         self, request_id: str, since_stage: int | None
     ) -> tuple[StageInfo, Any] | None:
@@ -105,27 +85,6 @@ class RayInstance:
         info_ref, snapshot_ref = remote(request_id, since_stage)
         info = await self._await(info_ref)
         return None if info is None else (info, snapshot_ref)
-
-    async def resume(self, request_id: str) -> None:
-        await self._call("resume", request_id)
-
-    async def release(self, request_id: str) -> None:
-        await self._call("release", request_id)
-
-    async def reserve(self, request_id: str, num_tokens: int) -> bool:
-        return bool(await self._call("reserve", request_id, num_tokens))
-
-    async def write_stage(self, payload: Any) -> None:
-        await self._call("write_stage", payload)
-
-    async def commit(self, payload: Any) -> None:
-        await self._call("commit", payload)
-
-    async def grow_reservation(self, request_id: str, num_tokens: int) -> bool:
-        return bool(await self._call("grow_reservation", request_id, num_tokens))
-
-    async def abort_import(self, request_id: str) -> None:
-        await self._call("abort_import", request_id)
 
     async def restart(self, kill: bool) -> None:
         """Bring a dead instance back: Ray restarts a crashed actor by itself (max_restarts);
@@ -234,9 +193,9 @@ class Cluster:
     def shutdown(self) -> None:
         import ray
 
+        ray.kill(self.controller)  # first: it would fail the instances over as they go down
         for handle in self.instances:
             ray.kill(handle.actor)
-        ray.kill(self.controller)
         if self.owns_ray:
             ray.shutdown()
 
