@@ -6,8 +6,6 @@ from typing import Any
 
 from starserve.mechanism.prediction import Prediction
 
-_Prediction = Prediction  # the old private name
-
 
 class PredictionTable:
     """Runs the predictor on the engine's hidden-state taps and ages its answers.
