@@ -10,7 +10,8 @@ trial.
 Per trial and in total: `completed` requests (finished, no error event), `lost_tokens` and
 `duplicated_tokens` (token events short of / beyond the reference's), `mismatched_outputs`
 (text differs from the undisturbed run), `max_stall_ms` (the largest inter-token gap that
-spans the kill, over all requests: what a failed-over request waited), `rejoin_s` (kill to
+spans the kill, over the requests the victim held when it was killed: what a failed-over
+request waited), `rejoin_s` (kill to
 the restarted instance answering its warm-up step; not waited for with --quick).
 
 Run from the project root:  python bench/failover.py [--quick] [--seed 0] [--trials 3]
@@ -51,6 +52,7 @@ class Stream:
     times_s: list[float] = field(default_factory=list)  # one per token event
     finish_reason: str | None = None
     error: str | None = None
+    request_id: str | None = None  # the server's id (the events' "id")
 
 
 def free_port() -> int:
@@ -73,6 +75,7 @@ def stream_one(url: str, model: str, prompt: str, max_tokens: int, out: Stream) 
                 if "error" in event:
                     out.error = event["error"]["message"]
                     continue
+                out.request_id = event.get("id", out.request_id)
                 choice = event["choices"][0]
                 content = choice["delta"].get("content")
                 if content is not None and "role" not in choice["delta"]:
@@ -116,17 +119,22 @@ def trial(args: argparse.Namespace, cluster: Any, url: str, model: str, rng: ran
     total = sum(len(s.times_s) for s in reference)
     threshold = int(total * rng.uniform(0.1, 0.7))
     killed_at: list[float] = []
+    on_victim: set[str] = set()
 
     def kill(streams: list[Stream]) -> None:
         while sum(len(s.times_s) for s in streams) < threshold:
             time.sleep(0.002)
+        snapshot = ray.get(victim.actor.poll.remote()).snapshot  # what the kill takes down
+        on_victim.update(load.request_id for load in (*snapshot.requests, *snapshot.incoming))
         killed_at.append(time.monotonic())
         os.kill(pid, signal.SIGKILL)
 
     got = run_workload(url, model, prompts, args.max_tokens, kill)
     kill_s = killed_at[0]
+    failed_over = [s for s in got if s.request_id in on_victim]
     stalls = [
-        b - a for s in got for a, b in zip(s.times_s, s.times_s[1:], strict=False) if a <= kill_s <= b
+        b - a for s in failed_over for a, b in zip(s.times_s, s.times_s[1:], strict=False)
+        if a <= kill_s <= b
     ]  # fmt: skip
     rejoin_s = None
     if not args.quick:  # the next trial needs both decode instances again
@@ -137,6 +145,7 @@ def trial(args: argparse.Namespace, cluster: Any, url: str, model: str, rng: ran
     return {
         "killed_instance": victim.instance_id,
         "killed_after_tokens": threshold,
+        "failed_over": len(failed_over),
         "completed": sum(1 for s in got if s.error is None and s.finish_reason is not None),
         "lost_tokens": sum(max(0, len(r.times_s) - len(s.times_s)) for r, s in zip(reference, got, strict=True)),
         "duplicated_tokens": sum(max(0, len(s.times_s) - len(r.times_s)) for r, s in zip(reference, got, strict=True)),

@@ -83,6 +83,7 @@ class Controller:
     _num_started: int = 0
     placer: PrefillPlacer = field(default_factory=PrefillPlacer.named)
     _prefill_queued_tokens: dict[int, int] = field(default_factory=dict)  # sent, not prefilled
+    _local_replay_tokens: int = 0  # replays sent to decode instances, not yet accepted
     _task: asyncio.Task[None] | None = None
     _migration_tasks: set[asyncio.Task[MigrationRecord]] = field(default_factory=set)
 
@@ -122,29 +123,37 @@ class Controller:
 
     async def _poll(self, handles: list[InstanceHandle]) -> None:
         """Refresh snapshots of the live instances. A dead one (its actor died, or no snapshot
-        for `instance_timeout_s`) leaves the policies' view at once and is failed over."""
+        for `instance_timeout_s`) leaves the policies' view at once and is failed over. Each
+        answer is handled as it comes: a dead instance is not kept waiting for a busy one
+        (whose answer waits for the end of its engine step)."""
         live = [h for h in handles if self.health.is_up(h.instance_id)]
         started_at_s = time.monotonic()
-        results = await asyncio.gather(
-            *(asyncio.wait_for(h.poll(), self.instance_timeout_s) for h in live),
-            return_exceptions=True,
-        )
-        for handle, result in zip(live, results, strict=True):
-            instance_id = handle.instance_id
-            if isinstance(result, InstancePoll) and self.health.restarted(instance_id, result):
-                self._declare_dead(handle, "its process was replaced (restarted)", kill=False)
-            elif isinstance(result, InstancePoll):
-                self._polls[instance_id] = result
-                self.health.seen(instance_id)
-                self._settle(instance_id, result.snapshot, started_at_s)
-                continue
-            self._polls.pop(instance_id, None)
-            if isinstance(result, InstanceDiedError):
-                self._declare_dead(handle, str(result), kill=False)
-            elif self.health.silent_for_s(instance_id) > self.instance_timeout_s:
-                self._declare_dead(handle, f"no snapshot for {self.instance_timeout_s} s", True)
-            else:
-                log.warning("instance %s does not answer: %r", instance_id, result)
+        await asyncio.gather(*(self._poll_one(h, started_at_s) for h in live))
+
+    async def _poll_one(self, handle: InstanceHandle, started_at_s: float) -> None:
+        instance_id = handle.instance_id
+        try:
+            result: InstancePoll | BaseException = await asyncio.wait_for(
+                handle.poll(), self.instance_timeout_s
+            )
+        except asyncio.CancelledError:
+            raise
+        except Exception as err:
+            result = err
+        if isinstance(result, InstancePoll) and self.health.restarted(instance_id, result):
+            self._declare_dead(handle, "its process was replaced (restarted)", kill=False)
+        elif isinstance(result, InstancePoll):
+            self._polls[instance_id] = result
+            self.health.seen(instance_id)
+            self._settle(instance_id, result.snapshot, started_at_s)
+            return
+        self._polls.pop(instance_id, None)
+        if isinstance(result, InstanceDiedError):
+            self._declare_dead(handle, str(result), kill=False)
+        elif self.health.silent_for_s(instance_id) > self.instance_timeout_s:
+            self._declare_dead(handle, f"no snapshot for {self.instance_timeout_s} s", True)
+        else:
+            log.warning("instance %s does not answer: %r", instance_id, result)
 
     def _settle(self, instance_id: int, snapshot: InstanceSnapshot, polled_at_s: float) -> None:
         """Forget what a fresh snapshot now shows (or shows finished): incoming requests it
@@ -190,23 +199,46 @@ class Controller:
     async def submit(self, request_id: str, prompt: list[int], params: Any) -> None:
         """Prefill (again elsewhere if the prefill instance dies), then hand the request to the
         decode instance the policy picks. NoInstanceError when no instance can take it."""
-        prefilled = await self._prefill(request_id, prompt, params)
-        if prefilled is None or prefilled[0].finished:
-            return
-        handoff, payload = prefilled
-        new = NewRequest(request_id, handoff.num_prompt_tokens, handoff.predicted_output_tokens)
-        await self._place(new, lambda target: target.import_request(payload))
+        await self._prefill_and_place(request_id, prompt, params, None)
 
     async def resume(
         self, request_id: str, prompt: list[int], generated: list[int], params: Any
     ) -> None:
         """Token replay of a request whose decode instance died: re-prefill prompt + the
-        tokens already streamed on a live decode instance, which continues from the next."""
-        new = NewRequest(request_id, len(prompt) + len(generated), None)
-        await self._place(new, lambda target: target.replay(request_id, prompt, generated, params))
+        tokens already streamed, and continue from the next token.
+
+        A dead instance loses many requests at once. Their re-prefills are shared between the
+        prefill instances (queued there like new requests) and the decode instances
+        (prefilled locally, in the decode batch, as Dynamo's conditional disaggregation
+        does when the prefill queue is long): each replay goes where fewer replay tokens are
+        queued, so the burst takes about half the time on either alone."""
+        num_tokens = len(prompt) + len(generated)
+        prefill_up = [h for h in self.prefill if self.health.is_up(h.instance_id)]
+        queued = min((self._prefill_queued_tokens.get(h.instance_id, 0) for h in prefill_up),
+                     default=None)  # fmt: skip
+        if queued is not None and queued <= self._local_replay_tokens:
+            await self._prefill_and_place(request_id, prompt, params, generated)
+            return
+        self._local_replay_tokens += num_tokens
+        try:
+            new = NewRequest(request_id, num_tokens, None)
+            await self._place(new, lambda dst: dst.replay(request_id, prompt, generated, params))
+        finally:
+            self._local_replay_tokens -= num_tokens
+
+    async def _prefill_and_place(
+        self, request_id: str, prompt: list[int], params: Any, generated: list[int] | None
+    ) -> None:
+        prefilled = await self._prefill(request_id, prompt, params, generated)
+        if prefilled is None or prefilled[0].finished:
+            return
+        handoff, payload = prefilled
+        num_context_tokens = handoff.num_prompt_tokens + len(generated or ())
+        new = NewRequest(request_id, num_context_tokens, handoff.predicted_output_tokens)
+        await self._place(new, lambda target: target.import_request(payload))
 
     async def _prefill(
-        self, request_id: str, prompt: list[int], params: Any
+        self, request_id: str, prompt: list[int], params: Any, generated: list[int] | None
     ) -> tuple[Any, Any] | None:
         while request_id not in self._aborted:
             live = [h for h in self.prefill if self.health.is_up(h.instance_id)]
@@ -214,11 +246,12 @@ class Controller:
                 raise NoInstanceError("no prefill instance is up")
             queued = [self._prefill_queued_tokens.get(h.instance_id, 0) for h in live]
             handle = live[self.placer.choose(queued)]
-            self._prefill_queued_tokens[handle.instance_id] = queued[live.index(handle)] + len(
-                prompt
+            num_tokens = len(prompt) + len(generated or ())
+            self._prefill_queued_tokens[handle.instance_id] = (
+                queued[live.index(handle)] + num_tokens
             )
             try:
-                return await handle.prefill(request_id, prompt, params)
+                return await handle.prefill(request_id, prompt, params, generated)
             except InstanceDiedError as err:
                 self._declare_dead(handle, str(err), kill=False)  # then prefill elsewhere
             except InstanceUnavailableError as err:  # maybe never ran: prefill elsewhere
@@ -228,7 +261,7 @@ class Controller:
                     return None
                 raise
             finally:  # sent and done (or failed): no longer queued there
-                self._prefill_queued_tokens[handle.instance_id] -= len(prompt)
+                self._prefill_queued_tokens[handle.instance_id] -= num_tokens
         return None
 
     async def _place(

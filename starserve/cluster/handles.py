@@ -19,8 +19,8 @@ class InstanceHandle(Protocol):
     instance_id: int
 
     async def prefill(
-        self, request_id: str, prompt: list[int], params: Any
-    ) -> tuple[Handoff, Any]: ...
+        self, request_id: str, prompt: list[int], params: Any, generated: list[int] | None = None
+    ) -> tuple[Handoff, Any]: ...  # generated: token replay (the first token is the next one)
     async def import_request(self, payload: Any) -> bool: ...  # False: no room
     async def replay(
         self, request_id: str, prompt: list[int], generated: list[int], params: Any
@@ -53,8 +53,12 @@ class CallingInstance:
     async def _call(self, name: str, *args: Any) -> Any:
         raise NotImplementedError
 
-    async def prefill(self, request_id: str, prompt: list[int], params: Any) -> tuple[Handoff, Any]:
-        result: tuple[Handoff, Any] = await self._call("prefill", request_id, prompt, params)
+    async def prefill(
+        self, request_id: str, prompt: list[int], params: Any, generated: list[int] | None = None
+    ) -> tuple[Handoff, Any]:
+        result: tuple[Handoff, Any] = await self._call(
+            "prefill", request_id, prompt, params, generated
+        )
         return result
 
     async def import_request(self, payload: Any) -> bool:

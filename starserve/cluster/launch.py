@@ -13,6 +13,7 @@ import dataclasses
 import logging
 import os
 import re
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,6 +38,22 @@ log = logging.getLogger(__name__)
 
 MAX_ACTOR_CONCURRENCY = 1024  # blocking prefill calls wait in actor threads
 RESTART_POLL_S = 0.5  # how often a restart asks whether the new actor process is up
+# A crashed instance's new process waits this long before it builds its engine: the
+# failover of its requests onto the survivors (a burst of re-prefills, about 2 s on 2 CPU
+# cores) then does not share the CPU with a model load, and a process that crashes again at
+# once does not crash-loop. It rejoins that much later.
+RESTART_BACKOFF_S = 3.0
+
+
+class RayInstanceWorker(InstanceWorker):
+    """The worker as a Ray actor: a restarted process backs off before building its engine."""
+
+    def __init__(self, config: Any, weights: Any = None):
+        import ray
+
+        if ray.get_runtime_context().was_current_actor_reconstructed:
+            time.sleep(RESTART_BACKOFF_S)
+        super().__init__(config, weights)
 
 
 class RayInstance(CallingInstance):
@@ -62,9 +79,11 @@ class RayInstance(CallingInstance):
     async def _call(self, method: str, *args: Any) -> Any:
         return await self._await(getattr(self.actor, method).remote(*args))
 
-    async def prefill(self, request_id: str, prompt: list[int], params: Any) -> tuple[Handoff, Any]:
+    async def prefill(
+        self, request_id: str, prompt: list[int], params: Any, generated: list[int] | None = None
+    ) -> tuple[Handoff, Any]:
         handoff_ref, snapshot_ref = self.actor.prefill.options(num_returns=2).remote(
-            request_id, prompt, params
+            request_id, prompt, params, generated
         )
         return await self._await(handoff_ref), snapshot_ref
 
@@ -200,6 +219,9 @@ class Cluster:
             ray.shutdown()
 
 
+DEATH_INFO_WAIT_MS = 100
+
+
 def _init_ray(config: ClusterConfig, address: str | None) -> bool:
     import ray
 
@@ -219,6 +241,9 @@ def _init_ray(config: ClusterConfig, address: str | None) -> bool:
             include_dashboard=False,
             runtime_env=env,
             logging_level=logging.WARNING,
+            # a call to an actor whose process died fails after this wait for the death
+            # notice (Ray's default 1000 ms), so the controller fails over that much sooner
+            _system_config={"timeout_ms_task_wait_for_death_info": DEATH_INFO_WAIT_MS},
         )
     return True
 
@@ -240,7 +265,7 @@ def launch_cluster(config: ClusterConfig, address: str | None = None) -> Cluster
     weights_ref = ray.put(_load_weights(config))  # load once; every instance unpickles a copy
     num_instances = config.num_prefill + config.num_decode
     on_gpu = config.engine_overrides().get("device", "cpu") == "cuda"  # instances share 1 GPU
-    worker_cls = ray.remote(InstanceWorker).options(
+    worker_cls = ray.remote(RayInstanceWorker).options(
         num_cpus=config.num_cpus_per_instance,
         num_gpus=1 / num_instances if on_gpu else 0,
         max_concurrency=MAX_ACTOR_CONCURRENCY,

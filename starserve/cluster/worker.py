@@ -175,15 +175,19 @@ class InstanceWorker(MigrationEndpoint):
             self._wakeup.set()
 
     def prefill(
-        self, request_id: str, prompt: list[int], params: Any
+        self, request_id: str, prompt: list[int], params: Any, generated: list[int] | None = None
     ) -> tuple[Handoff, KvTransfer | None]:
         """Compute the first token, then export the request's KV (with its prediction) and
-        free it here."""
+        free it here. With `generated` (token replay of a request whose decode instance
+        died), prompt + those tokens are prefilled and the token computed is the next one."""
         pending = _Pending()
         with self._lock:
             self._pending[request_id] = pending
             try:
-                self.engine.add_request(request_id, prompt, params)
+                if generated:
+                    self.engine.replay_request(request_id, prompt, generated, params)
+                else:
+                    self.engine.add_request(request_id, prompt, params)
             except Exception:
                 del self._pending[request_id]
                 raise
@@ -206,7 +210,9 @@ class InstanceWorker(MigrationEndpoint):
             num_prompt_tokens=out.num_prompt_tokens,
             finished=out.finished,
             predicted_output_tokens=self.predictions.remaining(
-                out.request_id, 1, None if budget is None else budget + 1
+                out.request_id,
+                out.num_generated_tokens,
+                None if budget is None else budget + out.num_generated_tokens,
             ),
             prediction=prediction,
         )

@@ -90,6 +90,7 @@ class FakeEngine:
         self.free_block_ids = list(range(num_blocks))
         self.requests: dict[str, _Req] = {}
         self.max_model_len = 256
+        self.replayed: list[str] = []  # request ids given to replay_request, in order
 
     # --- serving ---
     def encode(self, prompt: str) -> list[int]:
@@ -99,6 +100,15 @@ class FakeEngine:
         if request_id in self.requests:
             raise ValueError("duplicate id")
         self.requests[request_id] = _Req(request_id, list(prompt), len(prompt), params)
+
+    def replay_request(
+        self, request_id: str, prompt: list[int], generated: list[int], params: FakeParams
+    ) -> None:
+        """Token replay: the KV of prompt + `generated` is recomputed at the next step."""
+        if request_id in self.requests:
+            raise ValueError("duplicate id")
+        self.requests[request_id] = _Req(request_id, [*prompt, *generated], len(prompt), params)
+        self.replayed.append(request_id)
 
     def has_unfinished_requests(self) -> bool:
         return any(not r.paused and not r.importing for r in self.requests.values())

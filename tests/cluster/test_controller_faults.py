@@ -135,3 +135,68 @@ def test_no_decode_instance_up_fails_at_once() -> None:
     finally:
         for worker in made:
             worker.stop()
+
+
+def reference_outputs(prompts: dict[str, list[int]], max_tokens: int) -> dict[str, list[int]]:
+    """What each request generates undisturbed (the fake's tokens depend on its KV only)."""
+    engine = FakeEngine(256)
+    for request_id, prompt in prompts.items():
+        engine.add_request(request_id, prompt, FakeParams(max_tokens))
+    generated: dict[str, list[int]] = {rid: [] for rid in prompts}
+    while engine.has_unfinished_requests():
+        for out in engine.step():
+            generated[out.request_id].extend(out.new_token_ids)
+    return generated
+
+
+def drain(made: list[InstanceWorker], wanted: set[str], timeout_s: float = 10.0) -> dict:
+    """Token ids per request, reassembled by position from every worker's output chunks."""
+    tokens: dict[str, dict[int, int]] = {rid: {} for rid in wanted}
+    finished: set[str] = set()
+    deadline = time.monotonic() + timeout_s
+    while finished != wanted and time.monotonic() < deadline:
+        for worker in made:
+            for chunk in worker.wait_outputs(0.01):
+                for offset, token in enumerate(chunk.token_ids):
+                    tokens[chunk.request_id][chunk.first_token_index + offset] = token
+                if chunk.finished:
+                    finished.add(chunk.request_id)
+    assert finished == wanted, f"unfinished: {wanted - finished}"
+    return {rid: [t[i] for i in sorted(t)] for rid, t in tokens.items()}
+
+
+@pytest.mark.parametrize("prefill_up", [True, False])
+def test_lost_requests_resume_by_token_replay_on_both_tiers(prefill_up: bool) -> None:
+    """A burst of lost requests is re-prefilled, part on the prefill instance and part
+    locally on the decode instance (none of it on the prefill side once that is down), and
+    every request continues from exactly the token after the ones it streamed."""
+    made = workers()
+    controller = controller_for(LocalInstance(made[0]), [LocalInstance(made[1])])
+    prompts = {f"r{i}": [3 + i, 9, 4 + 2 * i, 11] for i in range(6)}
+    reference = reference_outputs(prompts, max_tokens=12)
+    streamed = {rid: tokens[: 2 + i] for i, (rid, tokens) in enumerate(reference.items())}
+
+    async def run() -> None:
+        await controller.start()
+        if not prefill_up:
+            controller.health.fail(controller.prefill[0], "prefill", "test", kill=False)
+        await asyncio.gather(
+            *(controller.resume(rid, prompts[rid], streamed[rid], FakeParams(12)) for rid in prompts)
+        )
+        await controller.stop()
+
+    try:
+        asyncio.run(run())
+        continued = drain(made, set(prompts))
+        for rid in prompts:
+            assert streamed[rid] + continued[rid] == reference[rid], rid
+        on_prefill, on_decode = made[0].engine.replayed, made[1].engine.replayed
+        assert sorted(on_prefill + on_decode) == sorted(prompts)
+        if prefill_up:
+            assert on_prefill and on_decode, (on_prefill, on_decode)
+        else:
+            assert not on_prefill
+        assert_empty(made)
+    finally:
+        for worker in made:
+            worker.stop()
