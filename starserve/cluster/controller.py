@@ -84,6 +84,7 @@ class Controller:
     placer: PrefillPlacer = field(default_factory=PrefillPlacer.named)
     _prefill_queued_tokens: dict[int, int] = field(default_factory=dict)  # sent, not prefilled
     _local_replay_tokens: int = 0  # replays sent to decode instances, not yet accepted
+    _kept: dict[str, int] = field(default_factory=dict)  # id -> instance with its staged KV
     _task: asyncio.Task[None] | None = None
     _migration_tasks: set[asyncio.Task[MigrationRecord]] = field(default_factory=set)
 
@@ -212,6 +213,8 @@ class Controller:
         (prefilled locally, in the decode batch, as Dynamo's conditional disaggregation
         does when the prefill queue is long): each replay goes where fewer replay tokens are
         queued, so the burst takes about half the time on either alone."""
+        if await self._resume_staged(request_id, prompt, generated, params):
+            return
         num_tokens = len(prompt) + len(generated)
         prefill_up = [h for h in self.prefill if self.health.is_up(h.instance_id)]
         queued = min((self._prefill_queued_tokens.get(h.instance_id, 0) for h in prefill_up),
@@ -225,6 +228,27 @@ class Controller:
             await self._place(new, lambda dst: dst.replay(request_id, prompt, generated, params))
         finally:
             self._local_replay_tokens -= num_tokens
+
+    async def _resume_staged(
+        self, request_id: str, prompt: list[int], generated: list[int], params: Any
+    ) -> bool:
+        """Resume on the destination of a migration whose source died after a stage arrived:
+        its KV up to that stage is kept, only the tokens after it are prefilled."""
+        instance_id = self._kept.pop(request_id, None)
+        if instance_id is None or not self.health.is_up(instance_id):
+            return False
+        target = self._decode_by_id(instance_id)
+        try:
+            resumed = await target.resume_staged(request_id, prompt, generated, params)
+        except Exception as err:  # replay from scratch instead
+            log.warning("resume of %s on its staged KV failed: %r", request_id, err)
+            return False
+        if resumed:
+            self._placed(request_id, instance_id)
+            await self._poll([target])
+            if request_id in self._aborted:
+                await self._abort_on([target], request_id)
+        return resumed
 
     async def _prefill_and_place(
         self, request_id: str, prompt: list[int], params: Any, generated: list[int] | None
@@ -334,6 +358,7 @@ class Controller:
         while len(self._aborted) > MAX_REMEMBERED_ABORTS:
             self._aborted.pop(next(iter(self._aborted)))
         self._placement.pop(request_id, None)
+        self._kept.pop(request_id, None)  # every instance drops staged KV on abort
         await self._abort_on([*self.prefill, *self.decode], request_id)
 
     async def _abort_on(self, handles: list[InstanceHandle], request_id: str) -> None:
@@ -420,6 +445,8 @@ class Controller:
             record = await migration.run()
         finally:
             self._migrating -= {decision.src_instance_id, decision.dst_instance_id}
+        if migration.kept_on_dst:  # the failover of its dead source resumes it there
+            self._kept[decision.request_id] = decision.dst_instance_id
         self._records.append(record)
         if record.status is MigrationStatus.FINISHED:
             self._placed(decision.request_id, decision.dst_instance_id)

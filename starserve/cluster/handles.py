@@ -25,6 +25,9 @@ class InstanceHandle(Protocol):
     async def replay(
         self, request_id: str, prompt: list[int], generated: list[int], params: Any
     ) -> bool: ...  # False: no room
+    async def resume_staged(
+        self, request_id: str, prompt: list[int], generated: list[int], params: Any
+    ) -> bool: ...  # False: no staged KV here (or no room): replay from scratch
     async def poll(self) -> InstancePoll: ...
     async def abort(self, request_id: str) -> None: ...
     async def wait_outputs(self, timeout_s: float) -> list[OutputChunk]: ...
@@ -68,6 +71,11 @@ class CallingInstance:
         self, request_id: str, prompt: list[int], generated: list[int], params: Any
     ) -> bool:
         return bool(await self._call("replay", request_id, prompt, generated, params))
+
+    async def resume_staged(
+        self, request_id: str, prompt: list[int], generated: list[int], params: Any
+    ) -> bool:
+        return bool(await self._call("resume_staged", request_id, prompt, generated, params))
 
     async def poll(self) -> InstancePoll:
         result: InstancePoll = await self._call("poll")

@@ -6,7 +6,9 @@ them into a reservation. The final stage pauses the request on the source, sends
 commits on the destination and frees the source. Which stage comes next is the shared rule
 `starserve.mechanism.migration.next_stage` (the simulator's driver follows it too). Every
 abort path rolls back: the destination frees its reservation and the source resumes the
-request, so it finishes there with nothing lost.
+request, so it finishes there with nothing lost. One exception: when the source dies after
+a stage reached the destination, the destination keeps that KV (`kept_on_dst`) and the
+failover resumes the request there, prefilling only the tokens after the stage.
 
 The machine only sees the two small async protocols below; the cluster adapts Ray actors to
 them and tests adapt in-process workers, so this module imports no Ray.
@@ -20,7 +22,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from starserve.cluster.types import MigrationRecord, StageInfo
+from starserve.cluster.types import InstanceDiedError, MigrationRecord, StageInfo
 from starserve.mechanism.migration import MigrationConfig, MigrationStatus, StageAction, next_stage
 
 log = logging.getLogger(__name__)
@@ -99,6 +101,8 @@ class Migration:
     num_stages: int = 0
     reserved: bool = False
     paused: bool = False
+    staged: bool = False  # a stage's KV is written on the destination
+    kept_on_dst: bool = False  # the source died after a stage: the destination keeps its KV
     pause_s: float = 0.0
     actions: list[StageAction] = field(default_factory=list)  # each stage's, in order
 
@@ -139,6 +143,7 @@ class Migration:
             if last is None:
                 await self._reserve(info)
             await self._dst(self.dst.write_stage(payload))
+            self.staged = True
             last = info
         await self._final_stage(last)
 
@@ -184,6 +189,9 @@ class Migration:
             return await asyncio.wait_for(call, self.config.stage_timeout_s)
         except TimeoutError:
             raise _Abort(MigrationStatus.ABORTED_SRC, "source missed its deadline") from None
+        except InstanceDiedError as err:  # failover resumes it from the staged KV, if any
+            self.kept_on_dst = self.staged
+            raise _Abort(MigrationStatus.ABORTED_SRC, f"source died: {err}") from err
         except Exception as err:  # the source failed: the request cannot move
             raise _Abort(MigrationStatus.ABORTED_SRC, f"source failed: {err!r}") from err
 
@@ -196,7 +204,7 @@ class Migration:
             raise _Abort(MigrationStatus.ABORTED_DST, f"destination failed: {err!r}") from err
 
     async def _rollback(self) -> None:
-        if self.reserved:
+        if self.reserved and not self.kept_on_dst:
             try:
                 await self.dst.abort_import(self.request_id)
             except Exception as err:  # a dead destination holds nothing to free

@@ -25,6 +25,7 @@ class MigrationEndpoint:
     _wakeup: threading.Event
     _faults: set[str]
     _importing: dict[str, RequestLoad]
+    _staged_predictions: dict[str, Any]
 
     # --- source side ----------------------------------------------------------
     def export_stage(
@@ -91,6 +92,7 @@ class MigrationEndpoint:
         with self._lock:
             self.engine.write_import_stage(transfer.kv)
             self._importing[transfer.kv.request_id] = _incoming_load(transfer)
+            self._staged_predictions[transfer.kv.request_id] = transfer.prediction
 
     def commit(self, transfer: KvTransfer) -> None:
         self._maybe_fail("commit")
@@ -98,6 +100,7 @@ class MigrationEndpoint:
         with self._lock:
             self.engine.commit_import(transfer.kv)  # writes the final stage too
             self._importing.pop(request_id, None)
+            self._staged_predictions.pop(request_id, None)
             self.predictions.seed(request_id, transfer.prediction)
             self._wakeup.set()
 
@@ -109,11 +112,36 @@ class MigrationEndpoint:
         """Free the reservation; a commit that landed after its caller gave up (deadline) is
         dropped silently too: the request goes on at the source."""
         with self._lock:
-            self.engine.abort_import(request_id)
-            self._importing.pop(request_id, None)
+            self._drop_import_locked(request_id)
             if any(row[0] == request_id for row in self.engine.stats().requests):
                 self.engine.release_request(request_id)
         self.predictions.forget(request_id)
+
+    def _drop_import_locked(self, request_id: str) -> None:
+        self.engine.abort_import(request_id)
+        self._importing.pop(request_id, None)
+        self._staged_predictions.pop(request_id, None)
+
+    def resume_staged(
+        self, request_id: str, prompt: list[int], generated: list[int], params: Any
+    ) -> bool:
+        """Failover onto the stages a migration copied here before its source died: keep
+        their KV, prefill only the streamed tokens after them, decode on. False (the
+        reservation freed) when that cannot be done: the caller replays from scratch."""
+        from starserve.engine import EngineFullError
+
+        with self._lock:
+            prediction = self._staged_predictions.get(request_id)
+            try:
+                self.engine.resume_import(request_id, prompt, generated, params)
+            except (EngineFullError, ValueError):
+                self._drop_import_locked(request_id)
+                return False
+            self._importing.pop(request_id, None)
+            self._staged_predictions.pop(request_id, None)
+            self.predictions.seed(request_id, prediction)
+            self._wakeup.set()
+        return True
 
 
 def _incoming_load(transfer: KvTransfer) -> RequestLoad:

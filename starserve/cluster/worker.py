@@ -53,6 +53,7 @@ class InstanceWorker(MigrationEndpoint):
         self._pending: dict[str, _Pending] = {}
         self._faults: set[str] = set()
         self._importing: dict[str, RequestLoad] = {}  # migration imports, by the last stage
+        self._staged_predictions: dict[str, Any] = {}  # migration imports' latest predictions
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.num_steps = 0
@@ -271,6 +272,7 @@ class InstanceWorker(MigrationEndpoint):
         with self._lock:
             with contextlib.suppress(KeyError, ValueError):  # not here (anymore)
                 self.engine.abort_request(request_id)
+            self._drop_import_locked(request_id)  # staged KV a failover no longer needs
             pending = self._pending.pop(request_id, None)
         if pending is not None:
             pending.error = f"request {request_id} aborted"

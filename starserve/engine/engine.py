@@ -62,6 +62,7 @@ class Engine(MigrationMixin):
             weights.model, self.kv_cache, config.block_size, config.hidden_state_middle_layer
         )
         self.seqs: dict[str, Sequence] = {}  # every live request: waiting, running or paused
+        self.staged_kv_tokens: dict[str, int] = {}  # migration imports: positions written
         self.generator = torch.Generator().manual_seed(config.seed)
         self.eos_token_ids = frozenset(mc.eos_token_ids)
         # Capped by the cache too: a request that outgrows the whole cache would preempt and
@@ -152,8 +153,22 @@ class Engine(MigrationMixin):
         detokenizer replays those tokens (their text was streamed already) and a seeded
         generator skips their draws, so the continuation is what the lost instance would have
         produced. ValueError on bad input, like `add_request`."""
+        self.check_new_request(request_id, [*prompt_ids, *generated_ids], params)
+        seq = self.replayed_sequence(request_id, prompt_ids, generated_ids, params)
+        self.seqs[request_id] = seq
+        self.scheduler.add(seq)
+
+    def replayed_sequence(
+        self,
+        request_id: str,
+        prompt_ids: list[int],
+        generated_ids: list[int],
+        params: SamplingParams,
+    ) -> Sequence:
+        """A sequence that goes on after `generated_ids` (no KV yet): its detokenizer has
+        replayed them and a seeded generator has skipped their draws (the caller checked the
+        request)."""
         token_ids = [*prompt_ids, *generated_ids]
-        self.check_new_request(request_id, token_ids, params)
         generator = None
         if params.seed is not None:
             generator = torch.Generator().manual_seed(params.seed)
@@ -163,8 +178,7 @@ class Engine(MigrationMixin):
             self.detokenizer.update(seq.detok, generated_ids[:end], params.stop)
             self.detokenizer.emit(seq.detok, params.stop, False)
         seq.was_preempted = bool(generated_ids)
-        self.seqs[request_id] = seq
-        self.scheduler.add(seq)
+        return seq
 
     def abort_request(self, request_id: str) -> None:
         """Stop a request and free its blocks; the next `step()` reports it finished ("abort")."""

@@ -33,6 +33,7 @@ class MigrationMixin:
     seqs: dict[str, Sequence]
     block_size: int
     max_model_len: int
+    staged_kv_tokens: dict[str, int]  # request id -> KV positions its import stages wrote
 
     def check_new_request(
         self, request_id: str, token_ids: list[int], params: SamplingParams
@@ -40,6 +41,15 @@ class MigrationMixin:
         raise NotImplementedError
 
     def _finish(self, seq: Sequence, reason: str) -> None:
+        raise NotImplementedError
+
+    def replayed_sequence(
+        self,
+        request_id: str,
+        prompt_ids: list[int],
+        generated_ids: list[int],
+        params: SamplingParams,
+    ) -> Sequence:
         raise NotImplementedError
 
     def live_sequence(self, request_id: str) -> Sequence:
@@ -153,6 +163,8 @@ class MigrationMixin:
             kv = (kv if kv.is_pinned() else kv.pin_memory()).to(self.kv_cache.device)
             target = target.to(self.kv_cache.device)
         self.kv_cache.index_copy_(3, target, kv)
+        written = self.staged_kv_tokens.get(snapshot.request_id, 0)
+        self.staged_kv_tokens[snapshot.request_id] = max(written, snapshot.num_kv_tokens)
 
     def commit_import(self, snapshot: RequestSnapshot) -> None:
         """Write the final stage and start decoding the request here."""
@@ -170,12 +182,43 @@ class MigrationMixin:
             seq.generator = torch.Generator()
             seq.generator.set_state(snapshot.rng_state)
         seq.block_table = self.blocks.take_reservation(snapshot.request_id)
+        self.staged_kv_tokens.pop(snapshot.request_id, None)
         self.seqs[seq.request_id] = seq
         self.scheduler.add_running(seq)
+
+    def resume_import(
+        self,
+        request_id: str,
+        prompt_ids: list[int],
+        generated_ids: list[int],
+        params: SamplingParams,
+    ) -> int:
+        """Token replay onto the KV that a migration's stages already copied here (its source
+        died before the final stage): the positions the stages wrote are kept, only the
+        tokens after them are prefilled, and decoding goes on from the next token. Returns the
+        number of positions kept. EngineFullError (reservation kept) when the reservation
+        cannot grow to the whole request; ValueError when no stage was written here."""
+        written = self.staged_kv_tokens.get(request_id)
+        if written is None or self.blocks.reservation(request_id) is None:
+            raise ValueError(f"{request_id}: no migration stage was written here")
+        params.validate()
+        if len(prompt_ids) + len(generated_ids) >= self.max_model_len:
+            raise ValueError(f"{request_id}: its tokens exceed max_model_len")
+        seq = self.replayed_sequence(request_id, prompt_ids, generated_ids, params)
+        if not self.grow_import(request_id, seq.num_tokens + 1):
+            raise EngineFullError(f"{request_id}: no room for {seq.num_tokens} tokens")
+        seq.num_computed_tokens = min(written, seq.num_tokens - 1)  # the last one is sampled on
+        seq.was_preempted = False  # it runs at once, on its own blocks
+        seq.block_table = self.blocks.take_reservation(request_id)
+        del self.staged_kv_tokens[request_id]
+        self.seqs[request_id] = seq
+        self.scheduler.add_running(seq)
+        return seq.num_computed_tokens
 
     def abort_import(self, request_id: str) -> None:
         """Free whatever was reserved for the request (no-op when nothing was)."""
         self.blocks.cancel_reservation(request_id)
+        self.staged_kv_tokens.pop(request_id, None)
 
     def import_request(self, snapshot: RequestSnapshot) -> None:
         """One-shot import (prefill -> decode); EngineFullError leaves nothing allocated."""

@@ -91,6 +91,8 @@ class FakeEngine:
         self.requests: dict[str, _Req] = {}
         self.max_model_len = 256
         self.replayed: list[str] = []  # request ids given to replay_request, in order
+        self.staged_kv_tokens: dict[str, int] = {}  # positions the import stages wrote
+        self.resumed: dict[str, int] = {}  # resume_import: request id -> positions kept
 
     # --- serving ---
     def encode(self, prompt: str) -> list[int]:
@@ -210,6 +212,7 @@ class FakeEngine:
 
     def write_import_stage(self, snap: FakeSnapshot) -> None:
         req = self.requests[snap.request_id]
+        self.staged_kv_tokens[snap.request_id] = snap.num_kv_tokens
         for i in range(snap.kv.shape[2]):
             self.kv[:, :, req.block_ids[snap.first_block_index + i]] = snap.kv[:, :, i]
 
@@ -235,5 +238,21 @@ class FakeEngine:
             raise EngineFullError(f"no room for {snap.request_id}")
         self.commit_import(snap)
 
+    def resume_import(
+        self, request_id: str, prompt: list[int], generated: list[int], params: FakeParams
+    ) -> int:
+        req = self.requests.get(request_id)
+        if req is None or not req.importing or request_id not in self.staged_kv_tokens:
+            raise ValueError(f"{request_id}: no migration stage was written here")
+        token_ids = [*prompt, *generated]
+        if not self.grow_import(request_id, len(token_ids) + 1):
+            raise EngineFullError(f"no room for {request_id}")
+        req.token_ids, req.num_prompt_tokens, req.params = token_ids, len(prompt), params
+        req.num_kv_tokens = min(self.staged_kv_tokens.pop(request_id), len(token_ids) - 1)
+        req.importing = False
+        self.resumed[request_id] = req.num_kv_tokens
+        return req.num_kv_tokens
+
     def abort_import(self, request_id: str) -> None:
+        self.staged_kv_tokens.pop(request_id, None)
         self.release_request(request_id)

@@ -13,7 +13,12 @@ import pytest
 from starserve.cluster.controller import Controller
 from starserve.cluster.handles import LocalInstance
 from starserve.cluster.policies import FunctionPolicy
-from starserve.cluster.types import MigrationStatus, NoInstanceError, WorkerConfig
+from starserve.cluster.types import (
+    InstanceDiedError,
+    MigrationStatus,
+    NoInstanceError,
+    WorkerConfig,
+)
 from starserve.cluster.worker import InstanceWorker
 from tests.cluster.fake_engine import FakeEngine, FakeParams
 from tests.cluster.test_controller import herd
@@ -181,7 +186,10 @@ def test_lost_requests_resume_by_token_replay_on_both_tiers(prefill_up: bool) ->
         if not prefill_up:
             controller.health.fail(controller.prefill[0], "prefill", "test", kill=False)
         await asyncio.gather(
-            *(controller.resume(rid, prompts[rid], streamed[rid], FakeParams(12)) for rid in prompts)
+            *(
+                controller.resume(rid, prompts[rid], streamed[rid], FakeParams(12))
+                for rid in prompts
+            )
         )
         await controller.stop()
 
@@ -200,3 +208,59 @@ def test_lost_requests_resume_by_token_replay_on_both_tiers(prefill_up: bool) ->
     finally:
         for worker in made:
             worker.stop()
+
+
+class DyingSource(LocalInstance):
+    """A source that dies (as Ray reports it) when the final migration stage is asked of it."""
+
+    async def pause_and_export(self, request_id: str, since_stage: int | None) -> Any:
+        self.worker.abort(request_id)  # its KV is gone with the process
+        raise InstanceDiedError(self.instance_id, "actor died")
+
+
+def test_source_death_mid_migration_resumes_on_the_staged_kv() -> None:
+    """The source dies after a stage reached the destination: the destination keeps that KV,
+    the failover prefills only the tokens after it, and the output is unchanged. The decode
+    workers are stepped by hand, so the request is mid-decode when the migration starts."""
+    made = [InstanceWorker(WorkerConfig(i), engine=FakeEngine(256)) for i in range(3)]
+    made[0].start()  # the prefill instance steps by itself
+    src, dst = DyingSource(made[1]), LocalInstance(made[2])
+    controller = controller_for(LocalInstance(made[0]), [src, dst])
+    prompt = [5, 6, 7, 8, 9, 10, 11]
+    reference = reference_outputs({"r": prompt}, max_tokens=40)["r"]
+
+    async def run() -> MigrationStatus:
+        await controller.start()
+        await controller.submit("r", prompt, FakeParams(40))
+        for _ in range(9):
+            made[1].step_once()
+        record = await controller.migrate("r", dst.instance_id)
+        streamed = drain_partial([made[0], made[1]], "r")
+        assert streamed == reference[:10]
+        await controller.resume("r", prompt, streamed, FakeParams(40))
+        made[2].start()
+        rest = drain([made[2]], {"r"})["r"]
+        assert streamed + rest == reference
+        await controller.stop()
+        return record.status
+
+    try:
+        assert asyncio.run(run()) is MigrationStatus.ABORTED_SRC
+        kept = made[2].engine.resumed["r"]
+        assert kept >= len(prompt) + 8, f"only {kept} positions kept"
+        assert made[2].engine.replayed == [] and made[0].engine.replayed == []
+        assert_empty(made)
+    finally:
+        for worker in made:
+            worker.stop()
+
+
+def drain_partial(made: list[InstanceWorker], request_id: str) -> list[int]:
+    """The tokens of `request_id` that reached the output queues so far, in order."""
+    tokens: dict[int, int] = {}
+    for worker in made:
+        for chunk in worker.wait_outputs(0.01):
+            if chunk.request_id == request_id:
+                for offset, token in enumerate(chunk.token_ids):
+                    tokens[chunk.first_token_index + offset] = token
+    return [tokens[i] for i in sorted(tokens)]

@@ -135,3 +135,27 @@ def test_snapshot_with_other_layout_is_refused(make_engine, chat_prompts):
     with pytest.raises(ValueError, match="layout"):
         destination.import_request(snapshot)
     assert destination.blocks.num_free_blocks == destination.blocks.num_blocks
+
+
+@pytest.mark.parametrize("params", [GREEDY, SEEDED], ids=["greedy", "seeded"])
+def test_resume_onto_staged_kv_after_the_source_died(make_engine, chat_prompts, params):
+    """A migration copied one stage, then its source died: the destination keeps the staged
+    positions, prefills only the tokens the client received after them, and continues as an
+    undisturbed run would."""
+    prompt = chat_prompts[2]
+    reference = make_engine().generate([prompt], params)[0].new_token_ids
+    source, destination = make_engine(), make_engine()
+    source.add_request("r", prompt, params)
+    run_until(source, "r", 5)
+    stage = source.export_request("r")
+    assert destination.reserve_import("r", len(stage.token_ids) + 4)
+    destination.write_import_stage(stage)
+    streamed = [*reference[:5], *run_until(source, "r", 7)]  # the source went on, then died
+    with pytest.raises(ValueError, match="no migration stage"):
+        destination.resume_import("other", prompt, streamed, params)
+    kept = destination.resume_import("r", prompt, streamed, params)
+    assert kept == stage.num_kv_tokens == len(prompt) + 4
+    after = run_to_end(destination, "r")
+    assert streamed + after == reference
+    assert destination.blocks.num_free_blocks == destination.blocks.num_blocks
+    assert destination.staged_kv_tokens == {}
