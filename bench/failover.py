@@ -12,7 +12,9 @@ Per trial and in total: `completed` requests (finished, no error event), `lost_t
 (text differs from the undisturbed run), `max_stall_ms` (the largest inter-token gap that
 spans the kill, over the requests the victim held when it was killed: what a failed-over
 request waited), `rejoin_s` (kill to
-the restarted instance answering its warm-up step; not waited for with --quick).
+the restarted instance answering its warm-up step; not waited for with --quick). Control:
+`mismatched_outputs_undisturbed` counts texts that differ between two undisturbed runs (0 in
+float32; bfloat16 rounding depends on the batch, so greedy text is not exactly repeatable).
 
 Run from the project root:  python bench/failover.py [--quick] [--seed 0] [--trials 3]
 Last line: RESULT {json}.
@@ -191,6 +193,10 @@ def main() -> None:
             reference = run_workload(url, model, prompts, args.max_tokens)
             if any(s.error or len(s.times_s) != args.max_tokens for s in reference):
                 raise SystemExit("error: the undisturbed reference run did not complete")
+            # control: how many greedy texts differ between two undisturbed runs (batch
+            # composition changes the rounding of bfloat16 products; float32 should give 0)
+            repeat = run_workload(url, model, prompts, args.max_tokens)
+            undisturbed = sum(1 for r, s in zip(reference, repeat, strict=True) if r.text != s.text)
             for index in range(args.trials):
                 trials.append(trial(args, cluster, url, model, rng, prompts, reference))
                 print(f"trial {index + 1}/{args.trials}: {json.dumps(trials[-1])}", flush=True)
@@ -205,6 +211,7 @@ def main() -> None:
         "lost_tokens": sum(t["lost_tokens"] for t in trials),
         "duplicated_tokens": sum(t["duplicated_tokens"] for t in trials),
         "mismatched_outputs": sum(t["mismatched_outputs"] for t in trials),
+        "mismatched_outputs_undisturbed": undisturbed,
         "max_stall_ms": max(t["max_stall_ms"] for t in trials),
         "max_rejoin_s": max((t["rejoin_s"] for t in trials if t["rejoin_s"]), default=None),
         "trials": len(trials),

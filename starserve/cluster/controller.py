@@ -244,10 +244,7 @@ class Controller:
             log.warning("resume of %s on its staged KV failed: %r", request_id, err)
             return False
         if resumed:
-            self._placed(request_id, instance_id)
-            await self._poll([target])
-            if request_id in self._aborted:
-                await self._abort_on([target], request_id)
+            await self._accepted(request_id, target)
         return resumed
 
     async def _prefill_and_place(
@@ -313,16 +310,21 @@ class Controller:
                         await target.release(request_id)
                     continue
                 if accepted:
-                    self._placed(request_id, target.instance_id)
-                    await self._poll([target])  # its worker reports the request from now on
-                    if request_id in self._aborted:  # aborted while it was being imported
-                        await self._abort_on([target], request_id)
+                    await self._accepted(request_id, target)
                     return
                 await asyncio.sleep(IMPORT_RETRY_S)
         finally:
             entry = self._incoming.get(request_id)
             if entry is not None and entry.placed_at_s is None:
                 del self._incoming[request_id]
+
+    async def _accepted(self, request_id: str, target: InstanceHandle) -> None:
+        """`target` took the request: record it, refresh its snapshot (its worker reports the
+        request from now on), and drop it there if it was aborted while being imported."""
+        self._placed(request_id, target.instance_id)
+        await self._poll([target])
+        if request_id in self._aborted:
+            await self._abort_on([target], request_id)
 
     def _placed(self, request_id: str, instance_id: int) -> None:
         now = time.monotonic()

@@ -14,6 +14,7 @@ import logging
 import os
 import re
 import time
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,7 +52,10 @@ class RayInstanceWorker(InstanceWorker):
     def __init__(self, config: Any, weights: Any = None):
         import ray
 
-        if ray.get_runtime_context().was_current_actor_reconstructed:
+        with warnings.catch_warnings():  # Ray's own method calls a deprecated one of Ray's
+            warnings.simplefilter("ignore")
+            restarted = ray.get_runtime_context().was_current_actor_reconstructed
+        if restarted:
             time.sleep(RESTART_BACKOFF_S)
         super().__init__(config, weights)
 

@@ -92,6 +92,7 @@ class MigrationMixin:
             num_kv_tokens=num_kv_tokens,
             detok=copy.copy(seq.detok),
             block_size=self.block_size,
+            arrival_s=seq.arrival_s,
         )
 
     def pause_request(self, request_id: str) -> None:
@@ -106,8 +107,8 @@ class MigrationMixin:
         seq = self.live_sequence(request_id)
         if seq.status is not SequenceStatus.PAUSED:
             return
-        if seq.block_table:
-            self.scheduler.add_running(seq)
+        if seq.block_table:  # back in its place by arrival, as before the pause
+            self.scheduler.add_running(seq, by_arrival=True)
         else:
             self.scheduler.add(seq)
 
@@ -166,8 +167,11 @@ class MigrationMixin:
         written = self.staged_kv_tokens.get(snapshot.request_id, 0)
         self.staged_kv_tokens[snapshot.request_id] = max(written, snapshot.num_kv_tokens)
 
-    def commit_import(self, snapshot: RequestSnapshot) -> None:
-        """Write the final stage and start decoding the request here."""
+    def commit_import(self, snapshot: RequestSnapshot, by_arrival: bool = True) -> None:
+        """Write the final stage and start decoding the request here. A migrated request
+        (`by_arrival`) takes its place in the batch by arrival time, as in vLLM's FCFS order
+        with Llumnix keeping the arrival across a migration: it is not the first preemption
+        victim just because it arrived here last. A prefill hand-off joins at the end."""
         self.write_import_stage(snapshot)
         seq = Sequence(
             request_id=snapshot.request_id,
@@ -177,6 +181,7 @@ class MigrationMixin:
             num_computed_tokens=snapshot.num_kv_tokens,
             detok=copy.copy(snapshot.detok),
             next_stage=snapshot.stage + 1,
+            arrival_s=snapshot.arrival_s,
         )
         if snapshot.rng_state is not None:
             seq.generator = torch.Generator()
@@ -184,7 +189,7 @@ class MigrationMixin:
         seq.block_table = self.blocks.take_reservation(snapshot.request_id)
         self.staged_kv_tokens.pop(snapshot.request_id, None)
         self.seqs[seq.request_id] = seq
-        self.scheduler.add_running(seq)
+        self.scheduler.add_running(seq, by_arrival)
 
     def resume_import(
         self,
@@ -227,7 +232,7 @@ class MigrationMixin:
                 f"{snapshot.request_id}: no room for {snapshot.num_kv_tokens} tokens"
             )
         try:
-            self.commit_import(snapshot)
+            self.commit_import(snapshot, by_arrival=False)
         except Exception:
             self.abort_import(snapshot.request_id)
             raise

@@ -59,6 +59,7 @@ class RequestSnapshot:
     num_kv_tokens: int  # token positions whose KV is valid (from position 0)
     detok: DetokenizerState
     block_size: int
+    arrival_s: float = 0.0  # wall time the request entered the cluster (kept across moves)
 
     @property
     def num_blocks(self) -> int:

@@ -38,10 +38,15 @@ class Scheduler:
         seq.status = SequenceStatus.WAITING
         self.waiting.append(seq)
 
-    def add_running(self, seq: Sequence) -> None:
-        """A sequence that already holds its blocks (an import, a resumed request)."""
+    def add_running(self, seq: Sequence, by_arrival: bool = False) -> None:
+        """A sequence that already holds its blocks (an import, a resumed request): at the end
+        of the batch, or (`by_arrival`) before the first running sequence that arrived later."""
         seq.status = SequenceStatus.RUNNING
-        self.running.append(seq)
+        if by_arrival:
+            later = (i for i, s in enumerate(self.running) if s.arrival_s > seq.arrival_s)
+            self.running.insert(next(later, len(self.running)), seq)
+        else:
+            self.running.append(seq)
 
     def remove(self, seq: Sequence) -> None:
         """Take `seq` out of both queues (its blocks are the caller's business)."""

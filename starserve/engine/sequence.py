@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import time
 from dataclasses import dataclass, field
 
 import torch
@@ -39,6 +40,7 @@ class Sequence:
     was_preempted: bool = False
     next_stage: int = 0  # id of the next export snapshot
     stage_num_kv_tokens: dict[int, int] = field(default_factory=dict)  # stage -> KV tokens then
+    arrival_s: float = field(default_factory=time.time)  # wall time it entered the cluster
 
     @property
     def num_tokens(self) -> int:

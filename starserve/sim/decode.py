@@ -84,18 +84,34 @@ class DecodeInstance:
         assert self.num_reserved_blocks >= 0 and self.num_incoming >= 0
 
     # ---- batch membership ---------------------------------------------------------------
-    def join(self, request: SimRequest) -> None:
-        """Add a request (KV present) to the batch at the current step boundary."""
+    def join(self, request: SimRequest, by_arrival: bool = False) -> None:
+        """Add a request (KV present) to the batch at the current step boundary: last, or
+        (`by_arrival`: a migrated request, as the engine's `commit_import`) before the first
+        running request that arrived later, so preemption (newest first) sees its age."""
         request.status = RequestStatus.RUNNING
         request.instance_id = self.instance_id
         request.join_step = self.steps_done
         request.generated_at_join = request.num_generated
         request.heap_epoch += 1
         self.running[request.request_id] = request
+        if by_arrival:
+            self._order_by_arrival(request)
         self.num_kv_tokens += request.num_prompt_tokens + request.num_generated
         self._heap_seq += 1
         entry = (request.finish_step(), self._heap_seq, request.heap_epoch, request)
         heapq.heappush(self._finish_heap, entry)
+
+    def _order_by_arrival(self, request: SimRequest) -> None:
+        """Put `request` (just joined, last) before the first running request that arrived
+        after it, as the engine's `Scheduler.add_running(by_arrival=True)` does."""
+        others = list(self.running.values())[:-1]
+        arrival = request.arrival_time_s
+        first_later = next(
+            (i for i, r in enumerate(others) if r.arrival_time_s > arrival), len(others)
+        )
+        for moved in others[first_later:]:  # behind it, in their order
+            del self.running[moved.request_id]
+            self.running[moved.request_id] = moved
 
     def leave(self, request: SimRequest) -> None:
         """Remove a running request at the current step boundary, committing its tokens."""

@@ -129,5 +129,5 @@ class Migration:
         self.num_reserved_blocks = 0
         self.request.migrating = False
         self.request.num_migrations += 1
-        self.dst.join(self.request)
+        self.dst.join(self.request, by_arrival=True)
         self.status = MigrationStatus.FINISHED

@@ -159,3 +159,24 @@ def test_resume_onto_staged_kv_after_the_source_died(make_engine, chat_prompts, 
     assert streamed + after == reference
     assert destination.blocks.num_free_blocks == destination.blocks.num_blocks
     assert destination.staged_kv_tokens == {}
+
+
+def test_migrated_request_takes_its_place_by_arrival(make_engine, chat_prompts):
+    """A migrated request joins the destination's batch by arrival time (it is not the first
+    preemption victim for having arrived last); a prefill hand-off joins at the end."""
+    old, new, hand_off = make_engine(), make_engine(), make_engine()
+    hand_off.add_request("early", chat_prompts[2], GREEDY)  # the oldest of all
+    old.add_request("old", chat_prompts[0], GREEDY)
+    run_until(old, "old", 3)
+    new.add_request("young", chat_prompts[1], GREEDY)
+    run_until(new, "young", 2)
+    assert old.seqs["old"].arrival_s < new.seqs["young"].arrival_s
+    snapshot = old.export_request("old")
+    old.pause_request("old")
+    assert new.reserve_import("old", len(snapshot.token_ids) + 1)
+    new.commit_import(old.export_request("old", snapshot.stage))
+    assert [s.request_id for s in new.scheduler.running] == ["old", "young"]
+    assert new.seqs["old"].arrival_s == old.seqs["old"].arrival_s
+    hand_off.step()
+    new.import_request(hand_off.export_request("early"))
+    assert [s.request_id for s in new.scheduler.running] == ["old", "young", "early"]
