@@ -247,6 +247,7 @@ def pause_summary(pauses: list[dict[str, Any]]) -> dict[str, Any]:
         "max_pause_over_tpot": round(ratios[-1], 2),
         "worst_pause_ms": round(worst["pause_ms"], 1),
         "worst_normal_tpot_ms": round(worst["normal_tpot_ms"], 1),
+        "worst_engine_pause_ms": round(worst["engine_pause_ms"], 1),  # of it, source paused
         "median_engine_pause_ms": round(
             sorted(p["engine_pause_ms"] for p in done)[len(done) // 2], 1
         ),

@@ -10,8 +10,8 @@ trial.
 Per trial and in total: `completed` requests (finished, no error event), `lost_tokens` and
 `duplicated_tokens` (token events short of / beyond the reference's), `mismatched_outputs`
 (text differs from the undisturbed run), `max_stall_ms` (the largest inter-token gap that
-spans the kill, over the requests the victim held when it was killed: what a failed-over
-request waited), `rejoin_s` (kill to
+ends after the kill, over the requests the victim held when it was killed: what a
+failed-over request waited), `rejoin_s` (kill to
 the restarted instance answering its warm-up step; not waited for with --quick). Control:
 `mismatched_outputs_undisturbed` counts texts that differ between two undisturbed runs (0 in
 float32; bfloat16 rounding depends on the batch, so greedy text is not exactly repeatable).
@@ -134,9 +134,9 @@ def trial(args: argparse.Namespace, cluster: Any, url: str, model: str, rng: ran
     got = run_workload(url, model, prompts, args.max_tokens, kill)
     kill_s = killed_at[0]
     failed_over = [s for s in got if s.request_id in on_victim]
-    stalls = [
+    stalls = [  # every gap that ends after the kill: tokens already in flight at the kill
         b - a for s in failed_over for a, b in zip(s.times_s, s.times_s[1:], strict=False)
-        if a <= kill_s <= b
+        if b > kill_s  # arrive just after it, so the failover's gap can come a token later
     ]  # fmt: skip
     rejoin_s = None
     if not args.quick:  # the next trial needs both decode instances again
