@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import signal
 import socket
@@ -104,18 +105,28 @@ def stop_server(server: subprocess.Popen[bytes]) -> None:
             server.wait()
 
 
+def client_run(command: list[str], **kwargs: Any) -> float:
+    """Run a client to completion; the CPU seconds it used (on this 2-core machine the
+    client's own CPU is taken from the server it measures)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    subprocess.run(command, check=True, **kwargs)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+
+
 def run_starserve(base_url: str, prompts: Path, args: argparse.Namespace, out: Path,
                   num: int | None = None) -> dict[str, Any]:  # fmt: skip
     command = [sys.executable, "-m", "starserve", "bench", "--base-url", base_url,
                "--dataset", str(prompts), "--num-prompts", str(num or args.num_prompts),
                "--request-rate", str(args.request_rate), "--seed", str(args.seed),
                "--endpoint", ENDPOINT, "--ignore-eos", "--save-result", str(out)]  # fmt: skip
-    subprocess.run(command, check=True, cwd=REPO_ROOT, env=env(), stdout=subprocess.DEVNULL)
+    cpu_s = client_run(command, cwd=REPO_ROOT, env=env(), stdout=subprocess.DEVNULL)
     bench = json.loads(out.read_text())
     if bench["failed"]:
         raise SystemExit(f"starserve bench: {bench['failed']} requests failed")
     return {k: bench[k] for k in METRICS} | {"mean_prompt_tokens": _mean(bench["input_lens"]),
-                                             "mean_output_tokens": _mean(bench["output_lens"])}  # fmt: skip
+                                             "mean_output_tokens": _mean(bench["output_lens"]),
+                                             "client_cpu_s": round(cpu_s, 2)}  # fmt: skip
 
 
 def run_guidellm(base_url: str, model: str, prompts: Path, args: argparse.Namespace,
@@ -130,8 +141,8 @@ def run_guidellm(base_url: str, model: str, prompts: Path, args: argparse.Namesp
                "--output", f"kind=json,path={out}", "--disable-console"]  # fmt: skip
     # two client processes, not GuideLLM's default ten: this 2-core machine runs the server too
     workers = {"GUIDELLM__MAX_WORKER_PROCESSES": str(args.client_processes)}
-    subprocess.run(command, check=True, cwd=out.parent, stdout=subprocess.DEVNULL,
-                   stderr=subprocess.DEVNULL, env={**os.environ, **workers})  # fmt: skip
+    cpu_s = client_run(command, cwd=out.parent, stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL, env={**os.environ, **workers})  # fmt: skip
     benchmark = json.loads(out.read_text())["benchmarks"][0]
     requests = benchmark["requests"]
     if requests["errored"] or requests["incomplete"]:
@@ -155,6 +166,7 @@ def run_guidellm(base_url: str, model: str, prompts: Path, args: argparse.Namesp
                 for r in done
             ]
         ),
+        "client_cpu_s": round(cpu_s, 2),
     }
 
 
