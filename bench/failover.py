@@ -168,6 +168,11 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=64, help="answer length (ignore_eos)")
     parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
                         help="engine dtype of every instance")  # fmt: skip
+    parser.add_argument(
+        "--failover-kv-tokens", type=int, default=ClusterConfig().failover_kv_tokens,
+        help="hand-off KV the controller keeps for failover (context tokens; 0 = off: lost "
+        "requests re-prefill prompt + output)",
+    )  # fmt: skip
     args = parser.parse_args()
     if args.quick:
         args.trials, args.max_tokens = 1, 16
@@ -182,7 +187,8 @@ def main() -> None:
     from starserve.cluster.launch import launch_cluster
 
     config = ClusterConfig(num_prefill=1, num_decode=2, policy="round_robin", dtype=args.dtype,
-                           engine={"num_kv_blocks": 256}, instance_max_restarts=10)  # fmt: skip
+                           engine={"num_kv_blocks": 256}, instance_max_restarts=10,
+                           failover_kv_tokens=args.failover_kv_tokens)  # fmt: skip
     model, port = default_model_name(None), free_port()
     cluster = launch_cluster(config)
     url = f"http://127.0.0.1:{port}"
@@ -218,6 +224,7 @@ def main() -> None:
         "rejoined": sum(1 for t in trials if t["rejoin_s"] is not None),
         "max_tokens": args.max_tokens,
         "seed": args.seed,
+        "failover_kv_tokens": args.failover_kv_tokens,
         **result_tags(args.dtype),
     }
     print("RESULT " + json.dumps(result))

@@ -73,6 +73,14 @@ def command(
     poll_interval_ms: float = typer.Option(
         50.0, "--poll-interval-ms", help="How often the controller polls instance snapshots."
     ),
+    failover_kv_tokens: int = typer.Option(
+        16_384,
+        "--failover-kv-tokens",
+        help="Prefill hand-off KV the controller keeps, in context tokens over all requests, "
+        "so a request whose decode instance dies resumes on it and recomputes only the tokens "
+        "streamed since the hand-off (oldest requests dropped first; 0 = off: replay prompt + "
+        "output).",
+    ),
     ray_address: str | None = typer.Option(
         None,
         "--ray-address",
@@ -113,6 +121,7 @@ def command(
             "use_predictor": not no_predictor,
             "predictor_refresh": predictor_refresh,
             "poll_interval_ms": poll_interval_ms,
+            "failover_kv_tokens": failover_kv_tokens,
             "engine": engine,
         },
         source="serve options",

@@ -45,6 +45,14 @@ class ServeClusterConfig(SharedClusterConfig):
     place_timeout_s: float = Field(
         60.0, gt=0, description="a request no decode instance admits for this long gets 503"
     )
+    failover_kv_tokens: int = Field(
+        16_384,
+        ge=0,
+        description="context tokens of prefill hand-off KV the controller keeps (in Ray's "
+        "object store) until each request ends, so a request whose decode instance dies is "
+        "resumed on it and re-prefills only the tokens streamed since; oldest dropped first, "
+        "0 = off (token replay of prompt + output)",
+    )
     instance_max_restarts: int = Field(
         3, ge=0, description="times Ray restarts a crashed instance (then it stays down)"
     )

@@ -11,7 +11,7 @@ import dataclasses
 import logging
 import math
 import time
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -73,6 +73,7 @@ class Controller:
     auto_migrate: bool = True
     instance_timeout_s: float = 30.0  # no snapshot for this long: the instance is dead
     place_timeout_s: float = 60.0  # a request no instance admits for this long fails (503)
+    failover_kv_tokens: int = 16_384  # hand-off KV kept for failover (context tokens, all)
     health: Health = field(default_factory=Health)
     _polls: dict[int, InstancePoll] = field(default_factory=dict)
     _migrating: set[int] = field(default_factory=set)  # instance ids busy with a migration
@@ -85,6 +86,8 @@ class Controller:
     _prefill_queued_tokens: dict[int, int] = field(default_factory=dict)  # sent, not prefilled
     _local_replay_tokens: int = 0  # replays sent to decode instances, not yet accepted
     _kept: dict[str, int] = field(default_factory=dict)  # id -> instance with its staged KV
+    _handoffs: OrderedDict[str, tuple[Any, int]] = field(default_factory=OrderedDict)
+    _handoff_tokens: int = 0  # context tokens of the hand-off KV in `_handoffs`
     _task: asyncio.Task[None] | None = None
     _migration_tasks: set[asyncio.Task[MigrationRecord]] = field(default_factory=set)
 
@@ -167,6 +170,7 @@ class Controller:
         for request_id, (placed_on, placed_at_s) in list(self._placement.items()):
             if placed_on == instance_id and placed_at_s < polled_at_s and request_id not in listed:
                 del self._placement[request_id]
+                self._forget_handoff(request_id)  # it ended there
 
     def decode_snapshots(self) -> list[InstanceSnapshot]:
         """Live decode instances' latest snapshots, with what only the controller knows:
@@ -215,6 +219,8 @@ class Controller:
         queued, so the burst takes about half the time on either alone."""
         if await self._resume_staged(request_id, prompt, generated, params):
             return
+        if await self._resume_handoff(request_id, prompt, generated, params):
+            return
         num_tokens = len(prompt) + len(generated)
         prefill_up = [h for h in self.prefill if self.health.is_up(h.instance_id)]
         queued = min((self._prefill_queued_tokens.get(h.instance_id, 0) for h in prefill_up),
@@ -247,6 +253,49 @@ class Controller:
             await self._accepted(request_id, target)
         return resumed
 
+    async def _resume_handoff(
+        self, request_id: str, prompt: list[int], generated: list[int], params: Any
+    ) -> bool:
+        """Resume on a decode instance from the request's prefill hand-off KV, which the
+        controller keeps until the request ends (as LMCache and Mooncake keep KV outside the
+        engine): only the tokens streamed after the hand-off are prefilled, not the prompt."""
+        kept = self._handoffs.get(request_id)
+        if kept is None:
+            return False
+        payload, num_kv_tokens = kept
+        num_tokens = len(prompt) + len(generated)
+        recompute = num_tokens - num_kv_tokens
+        self._local_replay_tokens += recompute
+        try:
+            new = NewRequest(request_id, num_tokens, None)
+            await self._place(new, lambda dst: dst.resume_from(payload, prompt, generated, params))
+        except NoInstanceError:
+            raise
+        except Exception as err:  # replay from scratch instead
+            log.warning("resume of %s on its hand-off KV failed: %r", request_id, err)
+            self._forget_handoff(request_id)
+            return False
+        finally:
+            self._local_replay_tokens -= recompute
+        return True
+
+    def _keep_handoff(self, request_id: str, payload: Any, num_kv_tokens: int) -> None:
+        """Keep a hand-off's KV (newest last) within `failover_kv_tokens`; the oldest requests,
+        which have streamed the most and so gain the least from it, are dropped first."""
+        self._forget_handoff(request_id)
+        if num_kv_tokens > self.failover_kv_tokens:
+            return
+        self._handoffs[request_id] = (payload, num_kv_tokens)
+        self._handoff_tokens += num_kv_tokens
+        while self._handoff_tokens > self.failover_kv_tokens:
+            _, (_, dropped) = self._handoffs.popitem(last=False)
+            self._handoff_tokens -= dropped
+
+    def _forget_handoff(self, request_id: str) -> None:
+        kept = self._handoffs.pop(request_id, None)
+        if kept is not None:
+            self._handoff_tokens -= kept[1]
+
     async def _prefill_and_place(
         self, request_id: str, prompt: list[int], params: Any, generated: list[int] | None
     ) -> None:
@@ -256,7 +305,12 @@ class Controller:
         handoff, payload = prefilled
         num_context_tokens = handoff.num_prompt_tokens + len(generated or ())
         new = NewRequest(request_id, num_context_tokens, handoff.predicted_output_tokens)
-        await self._place(new, lambda target: target.import_request(payload))
+        self._keep_handoff(request_id, payload, num_context_tokens)
+        try:
+            await self._place(new, lambda target: target.import_request(payload))
+        except BaseException:
+            self._forget_handoff(request_id)
+            raise
 
     async def _prefill(
         self, request_id: str, prompt: list[int], params: Any, generated: list[int] | None
@@ -361,6 +415,7 @@ class Controller:
             self._aborted.pop(next(iter(self._aborted)))
         self._placement.pop(request_id, None)
         self._kept.pop(request_id, None)  # every instance drops staged KV on abort
+        self._forget_handoff(request_id)
         await self._abort_on([*self.prefill, *self.decode], request_id)
 
     async def _abort_on(self, handles: list[InstanceHandle], request_id: str) -> None:

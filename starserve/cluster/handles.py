@@ -28,6 +28,9 @@ class InstanceHandle(Protocol):
     async def resume_staged(
         self, request_id: str, prompt: list[int], generated: list[int], params: Any
     ) -> bool: ...  # False: no staged KV here (or no room): replay from scratch
+    async def resume_from(
+        self, payload: Any, prompt: list[int], generated: list[int], params: Any
+    ) -> bool: ...  # failover onto a kept copy of the KV; False: no room now
     async def poll(self) -> InstancePoll: ...
     async def abort(self, request_id: str) -> None: ...
     async def wait_outputs(self, timeout_s: float) -> list[OutputChunk]: ...
@@ -76,6 +79,11 @@ class CallingInstance:
         self, request_id: str, prompt: list[int], generated: list[int], params: Any
     ) -> bool:
         return bool(await self._call("resume_staged", request_id, prompt, generated, params))
+
+    async def resume_from(
+        self, payload: Any, prompt: list[int], generated: list[int], params: Any
+    ) -> bool:
+        return bool(await self._call("resume_from", payload, prompt, generated, params))
 
     async def poll(self) -> InstancePoll:
         result: InstancePoll = await self._call("poll")

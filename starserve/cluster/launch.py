@@ -159,6 +159,7 @@ class ControllerActor:
             max_concurrent_migrations=config.max_concurrent_migrations,
             instance_timeout_s=config.instance_timeout_s,
             place_timeout_s=config.place_timeout_s,
+            failover_kv_tokens=config.failover_kv_tokens,
         )
 
     async def start(self) -> None:

@@ -128,19 +128,43 @@ class MigrationEndpoint:
         """Failover onto the stages a migration copied here before its source died: keep
         their KV, prefill only the streamed tokens after them, decode on. False (the
         reservation freed) when that cannot be done: the caller replays from scratch."""
+        with self._lock:
+            return self._resume_staged_locked(request_id, prompt, generated, params)
+
+    def resume_from(
+        self, transfer: KvTransfer, prompt: list[int], generated: list[int], params: Any
+    ) -> bool:
+        """Failover onto a copy of the request's KV kept outside its dead instance (the
+        prefill hand-off the controller retains): write it here as a staged import, prefill
+        only the tokens streamed after it, decode on. False (nothing held) when there is no
+        room now; ValueError when the request id is already in use here."""
+        request_id = transfer.kv.request_id
+        with self._lock:
+            if not self.engine.reserve_import(request_id, transfer.kv.num_kv_tokens + 1):
+                return False
+            try:
+                self.engine.write_import_stage(transfer.kv)
+            except Exception:
+                self._drop_import_locked(request_id)
+                raise
+            self._staged_predictions[request_id] = transfer.prediction
+            return self._resume_staged_locked(request_id, prompt, generated, params)
+
+    def _resume_staged_locked(
+        self, request_id: str, prompt: list[int], generated: list[int], params: Any
+    ) -> bool:
         from starserve.engine import EngineFullError
 
-        with self._lock:
-            prediction = self._staged_predictions.get(request_id)
-            try:
-                self.engine.resume_import(request_id, prompt, generated, params)
-            except (EngineFullError, ValueError):
-                self._drop_import_locked(request_id)
-                return False
-            self._importing.pop(request_id, None)
-            self._staged_predictions.pop(request_id, None)
-            self.predictions.seed(request_id, prediction)
-            self._wakeup.set()
+        prediction = self._staged_predictions.get(request_id)
+        try:
+            self.engine.resume_import(request_id, prompt, generated, params)
+        except (EngineFullError, ValueError):
+            self._drop_import_locked(request_id)
+            return False
+        self._importing.pop(request_id, None)
+        self._staged_predictions.pop(request_id, None)
+        self.predictions.seed(request_id, prediction)
+        self._wakeup.set()
         return True
 
 

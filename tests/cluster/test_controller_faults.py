@@ -264,3 +264,69 @@ def drain_partial(made: list[InstanceWorker], request_id: str) -> list[int]:
                 for offset, token in enumerate(chunk.token_ids):
                     tokens[chunk.first_token_index + offset] = token
     return [tokens[i] for i in sorted(tokens)]
+
+
+def test_lost_requests_resume_on_their_kept_hand_off_kv() -> None:
+    """A decode instance dies mid-decode: every request it held resumes on the survivor from
+    the prefill hand-off KV the controller kept, so only the tokens streamed since the
+    hand-off are prefilled (no token replay anywhere), every output equals an undisturbed
+    run's, and once the requests end the controller holds no hand-off KV."""
+    made = [InstanceWorker(WorkerConfig(i), engine=FakeEngine(256)) for i in range(3)]
+    made[0].start()  # decode instance 1 is stepped by hand, so it dies mid-decode
+    controller = controller_for(
+        LocalInstance(made[0]), [LocalInstance(made[1]), LocalInstance(made[2])]
+    )
+    prompts = {f"r{i}": [4 + i, 8, 15, 16, 23 + i, 42] for i in range(4)}
+    reference = reference_outputs(prompts, max_tokens=20)
+
+    async def run() -> None:
+        await controller.start()
+        for rid, prompt in prompts.items():  # herd: all on decode instance 1
+            await controller.submit(rid, prompt, FakeParams(20))
+        assert set(controller._handoffs) == set(prompts)
+        for _ in range(5):
+            made[1].step_once()
+        streamed: dict[str, dict[int, int]] = {rid: {} for rid in prompts}
+        for worker in made[:2]:
+            for chunk in worker.wait_outputs(0.01):
+                for offset, token in enumerate(chunk.token_ids):
+                    streamed[chunk.request_id][chunk.first_token_index + offset] = token
+        for rid in prompts:  # the process dies with its KV
+            made[1].engine.abort_request(rid)
+        controller.health.fail(controller.decode[0], "decode", "test", kill=False)
+        lost = await controller.wait_lost(5.0)
+        assert sorted(lost) == sorted(prompts)
+        tokens = {rid: [t[i] for i in sorted(t)] for rid, t in streamed.items()}
+        for rid in lost:
+            assert tokens[rid] == reference[rid][:6], rid
+            await controller.resume(rid, prompts[rid], tokens[rid], FakeParams(20))
+        made[2].start()
+        rest = drain([made[2]], set(prompts))
+        for rid in prompts:
+            assert tokens[rid] + rest[rid] == reference[rid], rid
+        await asyncio.sleep(0.1)  # polls see them finished
+        assert controller._handoffs == {} and controller._handoff_tokens == 0
+        await controller.stop()
+
+    try:
+        asyncio.run(run())
+        for rid, prompt in prompts.items():  # kept the hand-off's positions
+            assert made[2].engine.resumed[rid] >= len(prompt), rid
+        assert made[0].engine.replayed == [] and made[2].engine.replayed == []
+        assert_empty(made)
+    finally:
+        for worker in made:
+            worker.stop()
+
+
+def test_hand_off_kv_kept_within_its_budget_oldest_dropped_first() -> None:
+    never = FunctionPolicy("herd", herd, lambda snapshots: [])
+    controller = Controller(prefill=[], decode=[], policy=never, failover_kv_tokens=10)
+    for rid in ("a", "b", "c"):
+        controller._keep_handoff(rid, object(), 4)
+    assert list(controller._handoffs) == ["b", "c"] and controller._handoff_tokens == 8
+    controller._keep_handoff("d", object(), 11)  # larger than the whole budget: not kept
+    controller._keep_handoff("c", object(), 5)  # a replay's hand-off replaces the old one
+    assert list(controller._handoffs) == ["b", "c"] and controller._handoff_tokens == 9
+    controller._forget_handoff("b")
+    assert list(controller._handoffs) == ["c"] and controller._handoff_tokens == 5

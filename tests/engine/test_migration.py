@@ -161,6 +161,34 @@ def test_resume_onto_staged_kv_after_the_source_died(make_engine, chat_prompts, 
     assert destination.staged_kv_tokens == {}
 
 
+@pytest.mark.parametrize("params", [GREEDY, SEEDED], ids=["greedy", "seeded"])
+def test_failover_onto_a_kept_hand_off_snapshot(make_engine, chat_prompts, params):
+    """The controller kept the request's prefill hand-off; its decode instance died later: a
+    third instance writes the hand-off's KV, prefills only the tokens streamed after it
+    (`InstanceWorker.resume_from`) and continues as an undisturbed run would."""
+    from starserve.cluster.types import KvTransfer, WorkerConfig
+    from starserve.cluster.worker import InstanceWorker
+
+    prompt = chat_prompts[1]
+    reference = make_engine().generate([prompt], params)[0].new_token_ids
+    prefill, decode = make_engine(), make_engine()
+    prefill.add_request("r", prompt, params)
+    first = run_until(prefill, "r", 1)
+    handoff = prefill.export_request("r")
+    prefill.release_request("r")
+    decode.import_request(handoff)
+    streamed = first + run_until(decode, "r", 6)  # then the decode instance died
+    survivor = InstanceWorker(WorkerConfig(2), engine=make_engine())
+    assert survivor.resume_from(KvTransfer(handoff, None), prompt, streamed, params)
+    assert survivor.engine.seqs["r"].num_computed_tokens == len(prompt)  # prompt not redone
+    after = run_to_end(survivor.engine, "r")
+    assert streamed + after == reference
+    assert survivor.engine.blocks.num_free_blocks == survivor.engine.blocks.num_blocks
+    full = InstanceWorker(WorkerConfig(3), engine=make_engine(num_kv_blocks=2))
+    assert not full.resume_from(KvTransfer(handoff, None), prompt, streamed, params)
+    assert full.engine.blocks.num_free_blocks == 2  # a refusal holds nothing
+
+
 def test_migrated_request_takes_its_place_by_arrival(make_engine, chat_prompts):
     """A migrated request joins the destination's batch by arrival time (it is not the first
     preemption victim for having arrived last); a prefill hand-off joins at the end."""
