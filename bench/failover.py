@@ -3,9 +3,10 @@
 One cluster (1 prefill + 2 decode on Ray, real engines) behind the HTTP server. Each trial
 streams the same 20 greedy chat requests twice: once undisturbed (the reference), once while
 one decode instance, chosen at random, is SIGKILLed when a random share (10-70 %) of the
-workload's tokens has arrived. Lost requests resume on the survivor by token replay (see
-docs/serving.md, "Failures"); the killed instance restarts and must rejoin before the next
-trial.
+workload's tokens has arrived. The controller sees the death when the process's liveness
+connection closes, and the lost requests resume on the survivor from their kept prefill
+hand-off KV (or by token replay: `--failover-kv-tokens 0`; see docs/serving.md, "Failures");
+the killed instance restarts and must rejoin before the next trial.
 
 Per trial and in total: `completed` requests (finished, no error event), `lost_tokens` and
 `duplicated_tokens` (token events short of / beyond the reference's), `mismatched_outputs`
@@ -173,6 +174,10 @@ def main() -> None:
         help="hand-off KV the controller keeps for failover (context tokens; 0 = off: lost "
         "requests re-prefill prompt + output)",
     )  # fmt: skip
+    parser.add_argument(
+        "--no-liveness", action="store_true",
+        help="detect the death through Ray only (no liveness connections: the old behaviour)",
+    )  # fmt: skip
     args = parser.parse_args()
     if args.quick:
         args.trials, args.max_tokens = 1, 16
@@ -188,7 +193,8 @@ def main() -> None:
 
     config = ClusterConfig(num_prefill=1, num_decode=2, policy="round_robin", dtype=args.dtype,
                            engine={"num_kv_blocks": 256}, instance_max_restarts=10,
-                           failover_kv_tokens=args.failover_kv_tokens)  # fmt: skip
+                           failover_kv_tokens=args.failover_kv_tokens,
+                           liveness_connections=not args.no_liveness)  # fmt: skip
     model, port = default_model_name(None), free_port()
     cluster = launch_cluster(config)
     url = f"http://127.0.0.1:{port}"
@@ -225,6 +231,7 @@ def main() -> None:
         "max_tokens": args.max_tokens,
         "seed": args.seed,
         "failover_kv_tokens": args.failover_kv_tokens,
+        "liveness_connections": not args.no_liveness,
         **result_tags(args.dtype),
     }
     print("RESULT " + json.dumps(result))

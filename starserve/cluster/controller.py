@@ -18,6 +18,7 @@ from typing import Any
 
 from starserve.cluster.handles import InstanceHandle
 from starserve.cluster.health import Health
+from starserve.cluster.liveness import LivenessListener
 from starserve.cluster.migration import Migration, MigrationConfig
 from starserve.cluster.policies import ControllerPolicy
 from starserve.cluster.types import (
@@ -74,6 +75,7 @@ class Controller:
     instance_timeout_s: float = 30.0  # no snapshot for this long: the instance is dead
     place_timeout_s: float = 60.0  # a request no instance admits for this long fails (503)
     failover_kv_tokens: int = 16_384  # hand-off KV kept for failover (context tokens, all)
+    liveness_host: str | None = "127.0.0.1"  # where instances' liveness connections go
     health: Health = field(default_factory=Health)
     _polls: dict[int, InstancePoll] = field(default_factory=dict)
     _migrating: set[int] = field(default_factory=set)  # instance ids busy with a migration
@@ -88,20 +90,31 @@ class Controller:
     _kept: dict[str, int] = field(default_factory=dict)  # id -> instance with its staged KV
     _handoffs: OrderedDict[str, tuple[Any, int]] = field(default_factory=OrderedDict)
     _handoff_tokens: int = 0  # context tokens of the hand-off KV in `_handoffs`
+    _liveness: LivenessListener | None = None
+    _liveness_address: tuple[str, int] | None = None
+    _stopping: bool = False
     _task: asyncio.Task[None] | None = None
     _migration_tasks: set[asyncio.Task[MigrationRecord]] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         self._prefill_queued_tokens = {h.instance_id: 0 for h in self.prefill}
         self.health.on_failure = self._fail_over
+        self.health.on_restarted = self._watch
 
     # --- lifecycle -----------------------------------------------------------------------
     async def start(self) -> None:
         await self._poll_once()
+        if self.liveness_host is not None:
+            self._liveness = LivenessListener(self._process_exited)
+            self._liveness_address = await self._liveness.start(self.liveness_host)
+            await asyncio.gather(*(self._watch(h) for h in [*self.prefill, *self.decode]))
         self._task = asyncio.create_task(self._poll_loop())
 
     async def stop(self) -> None:
         """Stop polling; migrations in flight finish (or roll back) first."""
+        self._stopping = True
+        if self._liveness is not None:
+            self._liveness.close()
         if self._task is not None:
             self._task.cancel()
         await asyncio.gather(*self._migration_tasks, return_exceptions=True)
@@ -426,6 +439,23 @@ class Controller:
                 log.warning("abort of %s on %s failed: %r", request_id, handle.instance_id, result)
 
     # --- failures ------------------------------------------------------------------------
+    async def _watch(self, handle: InstanceHandle) -> None:
+        """Have the instance's process open its liveness connection (cluster/liveness.py):
+        its death is then noticed in milliseconds, not when Ray reports it."""
+        if self._liveness_address is None:
+            return
+        try:
+            await handle.watch_liveness(*self._liveness_address)
+        except Exception as err:  # Ray and the snapshot timeout still catch its death
+            log.warning("instance %s: no liveness connection: %r", handle.instance_id, err)
+
+    def _process_exited(self, instance_id: int) -> None:
+        if self._stopping:
+            return
+        for handle in [*self.prefill, *self.decode]:
+            if handle.instance_id == instance_id:
+                self._declare_dead(handle, "its process exited (liveness connection)", False)
+
     def _declare_dead(self, handle: InstanceHandle, reason: str, kill: bool) -> None:
         if self.health.is_up(handle.instance_id):
             self._polls.pop(handle.instance_id, None)

@@ -32,6 +32,7 @@ class InstanceHandle(Protocol):
         self, payload: Any, prompt: list[int], generated: list[int], params: Any
     ) -> bool: ...  # failover onto a kept copy of the KV; False: no room now
     async def poll(self) -> InstancePoll: ...
+    async def watch_liveness(self, host: str, port: int) -> int: ...  # -> its incarnation
     async def abort(self, request_id: str) -> None: ...
     async def wait_outputs(self, timeout_s: float) -> list[OutputChunk]: ...
     async def export_stage(
@@ -84,6 +85,9 @@ class CallingInstance:
         self, payload: Any, prompt: list[int], generated: list[int], params: Any
     ) -> bool:
         return bool(await self._call("resume_from", payload, prompt, generated, params))
+
+    async def watch_liveness(self, host: str, port: int) -> int:
+        return int(await self._call("watch_liveness", host, port))
 
     async def poll(self) -> InstancePoll:
         result: InstancePoll = await self._call("poll")

@@ -26,6 +26,7 @@ class Health:
     restart_timeout_s: float = 180.0  # one restart attempt (process start + model load)
     max_restart_attempts: int = 3
     on_failure: Callable[[int], Awaitable[list[str]]] | None = None  # -> lost request ids
+    on_restarted: Callable[[Any], Awaitable[None]] | None = None  # before it rejoins
     num_failures: Counter[int] = field(default_factory=Counter)
     num_restarts: Counter[int] = field(default_factory=Counter)
     _down: set[int] = field(default_factory=set)
@@ -82,6 +83,8 @@ class Health:
         else:
             return
         self.num_restarts[instance_id] += 1
+        if self.on_restarted is not None:
+            await self.on_restarted(handle)
         self._incarnations.pop(instance_id, None)  # the next poll tells the new process id
         self.seen(instance_id)
         self._down.discard(instance_id)

@@ -116,13 +116,15 @@ class RayInstance(CallingInstance):
 
         if kill:
             ray.kill(self.actor, no_restart=False)
-        while True:  # an actor that is dead for good (no restarts left) raises ActorDiedError
+        while True:
             try:
                 await self.actor.ready.remote()
                 await self.actor.start.remote()
                 await self.actor.warm_up.remote()
                 return
-            except ray.exceptions.ActorUnavailableError:  # still (or again) restarting
+            except ray.exceptions.RayActorError:  # restarting, or Ray has not seen it die yet
+                if _actor_state(self.actor) == "DEAD":  # no restarts left
+                    raise
                 await asyncio.sleep(RESTART_POLL_S)
 
 
@@ -130,19 +132,27 @@ def _has_died(actor: Any) -> bool:
     """Whether Ray's actor table says the actor's process is gone (restarting or dead).
     False when it cannot tell; a process that was already replaced shows a new incarnation
     in its next poll, and one that never answers misses the controller's deadline."""
+    return _actor_state(actor) not in (None, "ALIVE")
+
+
+def _actor_state(actor: Any) -> str | None:
+    """The actor's state in Ray's actor table (ALIVE, RESTARTING, DEAD...); None when it
+    cannot tell (a private API: it never decides on its own)."""
     try:
         from ray._private.state import actors
 
-        info = actors(actor_id=actor._actor_id.hex())
-    except Exception:  # a private API: never let it decide on its own
-        return False
-    return bool(info.get("State") not in (None, "ALIVE"))
+        state = actors(actor_id=actor._actor_id.hex()).get("State")
+    except Exception:
+        return None
+    return None if state is None else str(state)
 
 
 class ControllerActor:
     """Builds the plain `Controller` inside its actor process from instance actor handles."""
 
     def __init__(self, prefill: list[Any], decode: list[Any], config: ClusterConfig):
+        import ray
+
         prefill_ids = range(len(prefill))
         decode_ids = range(len(prefill), len(prefill) + len(decode))
         self.controller = Controller(
@@ -160,6 +170,8 @@ class ControllerActor:
             instance_timeout_s=config.instance_timeout_s,
             place_timeout_s=config.place_timeout_s,
             failover_kv_tokens=config.failover_kv_tokens,
+            # on the controller's node address, so instances on any node reach it
+            liveness_host=ray.util.get_node_ip_address() if config.liveness_connections else None,
         )
 
     async def start(self) -> None:

@@ -56,6 +56,7 @@ class InstanceWorker(MigrationEndpoint):
         self._staged_predictions: dict[str, Any] = {}  # migration imports' latest predictions
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._liveness: Any = None  # socket to the controller, open for this process's life
         self.num_steps = 0
 
     # --- lifecycle -----------------------------------------------------------------------
@@ -72,6 +73,23 @@ class InstanceWorker(MigrationEndpoint):
         self._wakeup.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
+        self.drop_liveness()
+
+    def watch_liveness(self, host: str, port: int) -> int:
+        """Open this process's liveness connection to the controller (once: a process keeps
+        its first one); returns the incarnation it announced. See cluster/liveness.py."""
+        from starserve.cluster.liveness import connect
+
+        if self._liveness is None:
+            self._liveness = connect(host, port, self.instance_id, os.getpid())
+        return os.getpid()
+
+    def drop_liveness(self) -> None:
+        """Close the liveness connection: to the controller, this process is gone (a clean
+        stop, or a test standing in for a crash)."""
+        if self._liveness is not None:
+            self._liveness.close()
+            self._liveness = None
 
     def ready(self) -> int:
         return self.instance_id

@@ -330,3 +330,43 @@ def test_hand_off_kv_kept_within_its_budget_oldest_dropped_first() -> None:
     assert list(controller._handoffs) == ["b", "c"] and controller._handoff_tokens == 9
     controller._forget_handoff("b")
     assert list(controller._handoffs) == ["c"] and controller._handoff_tokens == 5
+
+
+def test_a_closed_liveness_connection_fails_the_instance_over_at_once() -> None:
+    """An instance's process holds a liveness connection to the controller; when it closes
+    (the kernel does so when the process dies), the instance is down and its requests are
+    handed out for failover within milliseconds, with the snapshot timeout far away. The
+    late close of an earlier process's connection does not take the newer process down."""
+    from starserve.cluster.liveness import connect
+
+    made = workers()
+    controller = controller_for(
+        LocalInstance(made[0]), [LocalInstance(made[1]), LocalInstance(made[2])]
+    )
+    controller.instance_timeout_s = 60.0
+
+    async def run() -> None:
+        await controller.start()
+        assert controller._liveness is not None and controller._liveness_address is not None
+        await controller.submit("r", [5, 6, 7], FakeParams(200))  # herd: on instance 1
+        started_s = time.monotonic()
+        made[1].drop_liveness()
+        lost = await controller.wait_lost(2.0)
+        assert lost == ["r"] and time.monotonic() - started_s < 0.5
+        assert not controller.health.is_up(1) and controller.health.num_failures[1] == 1
+        old = connect(*controller._liveness_address, 2, 111)  # an earlier process of 2
+        new = connect(*controller._liveness_address, 2, 222)  # its replacement
+        while controller._liveness.incarnation(2) != 222:
+            await asyncio.sleep(0.01)
+        old.close()
+        await asyncio.sleep(0.2)
+        assert controller.health.is_up(2), "a stale connection took the new process down"
+        await controller.abort("r")
+        await controller.stop()
+        new.close()
+
+    try:
+        asyncio.run(run())
+    finally:
+        for worker in made:
+            worker.stop()
