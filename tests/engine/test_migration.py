@@ -30,16 +30,23 @@ def run_to_end(engine, request_id: str) -> list[int]:
     return tokens
 
 
+def decode_and_export(engine, prompt, params, num_tokens):
+    """Request "r" on `engine` until `num_tokens` tokens, then exported and released there:
+    (the tokens so far, the snapshot)."""
+    engine.add_request("r", prompt, params)
+    tokens = run_until(engine, "r", num_tokens)
+    snapshot = engine.export_request("r")
+    engine.release_request("r")
+    return tokens, snapshot
+
+
 @pytest.mark.parametrize("params", [GREEDY, SEEDED], ids=["greedy", "seeded"])
 def test_one_shot_export_import_continues_exactly(make_engine, chat_prompts, params):
     prompt = chat_prompts[0]
     reference = make_engine().generate([prompt], params)[0].new_token_ids
     source, destination = make_engine(), make_engine()
-    source.add_request("r", prompt, params)
-    before = run_until(source, "r", 7)
-    snapshot = source.export_request("r")
+    before, snapshot = decode_and_export(source, prompt, params, 7)
     assert snapshot.num_kv_tokens == len(prompt) + 6  # the newest token has no KV yet
-    source.release_request("r")
     destination.import_request(snapshot)
     after = run_to_end(destination, "r")
     assert before + after == reference
@@ -172,10 +179,7 @@ def test_failover_onto_a_kept_hand_off_snapshot(make_engine, chat_prompts, param
     prompt = chat_prompts[1]
     reference = make_engine().generate([prompt], params)[0].new_token_ids
     prefill, decode = make_engine(), make_engine()
-    prefill.add_request("r", prompt, params)
-    first = run_until(prefill, "r", 1)
-    handoff = prefill.export_request("r")
-    prefill.release_request("r")
+    first, handoff = decode_and_export(prefill, prompt, params, 1)
     decode.import_request(handoff)
     streamed = first + run_until(decode, "r", 6)  # then the decode instance died
     survivor = InstanceWorker(WorkerConfig(2), engine=make_engine())
