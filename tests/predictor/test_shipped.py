@@ -76,7 +76,7 @@ def test_eval_on_the_committed_sample_has_every_predictor_finite(tmp_path) -> No
     assert test.requests, "the sample must hold held-out prompts"
     result = run_eval(DEFAULT_DIR, test, tmp_path, 0.5)
     written = json.loads((tmp_path / "eval.json").read_text())
-    names = {"star_mlp", "prompt_only_minilm", "trail", "trail_log_bins", "mean_residual"}
+    names = {"star_mlp", "plp", "prompt_only_minilm", "trail", "trail_log_bins", "mean_residual"}
     assert set(written["predictors"]) == names == set(result["predictors"])
     for row in written["predictors"].values():
         for key in ("mae", "mae_per_request", "cost_us", "cost_fraction_of_step"):
